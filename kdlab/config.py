@@ -1,0 +1,210 @@
+"""Typed run configuration: YAML files plus dotted command-line overrides.
+
+Every key is checked against the dataclasses below, so a typo fails before any work
+starts, with the valid keys listed. The fully resolved config is written into the run
+directory and is enough to reproduce the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdlab.errors import ConfigError
+from kdlab.models.zoo import ModelSpec
+
+
+@dataclass
+class DataConfig:
+    name: str = "embedded"  # "embedded" (generated on first use) or "folder" (a dataset in the layout contract)
+    root: str = "data/embedded"  # dataset directory; for "embedded", where the generated copy is cached
+    seed: int = 0  # embedded benchmark: generator seed
+    image_size: int = 128  # embedded benchmark: side of the square images
+    num_train: int = 2000  # embedded benchmark: training images
+    num_val: int = 200  # embedded benchmark: validation images
+    crop_size: int = 128  # training crop side (pixels)
+    scale_min: float = 0.5  # random scale range for training augmentation
+    scale_max: float = 2.0
+    num_workers: int = 0  # DataLoader worker processes (0 = load in the main process)
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 1000  # total optimisation steps (poly schedule runs over these)
+    batch_size: int = 8  # images per step
+    lr: float = 0.01  # initial SGD learning rate
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # SGD weight decay
+    poly_power: float = 0.9  # lr = lr0 * (1 - it / iterations) ** poly_power
+    grad_clip: float | None = None  # max global gradient norm; None = no clipping
+    seed: int = 0  # seeds model init, data order and augmentation
+    device: str = "auto"  # "auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:1", ...
+    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    log_interval: int = 10  # iterations between log lines
+    eval_interval: int = 500  # iterations between validation runs (0 = only at the end)
+    checkpoint_interval: int = 500  # iterations between checkpoints (the last one is always written)
+    threads: int | None = None  # torch CPU threads; None = torch's default
+
+
+@dataclass
+class EvalConfig:
+    mode: str = "whole"  # "whole" image or "slide" (sliding window, for images larger than the crop)
+    window: int = 128  # sliding-window side
+    stride: int = 96  # sliding-window step
+    batch_size: int = 16  # images per evaluation batch
+    band_widths: list[int] = field(default_factory=lambda: [1, 3, 5, 7, 10, 15, 20])  # trimap band widths (px)
+    max_images: int | None = None  # evaluate only the first N validation images (None = all)
+
+
+@dataclass
+class DistillConfig:
+    teacher: str | None = None  # teacher checkpoint (a .pt file or a run directory); None = supervised training
+    recipe: str | None = None  # recipe YAML path or the name of a file in configs/recipes/
+    warmup_iters: int = 0  # distillation loss weights ramp linearly from 0 over these iterations
+    check_finite: bool = True  # stop with the term named when a loss term becomes NaN/inf
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"  # run name: the run directory is <out_dir>/<name>
+    out_dir: str = "runs"  # parent directory of run directories
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+def _is_dataclass_type(tp) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(value: Any, tp, key: str):
+    """Check (and where lossless, convert) `value` to the annotated type `tp`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _build(cls, values: dict, prefix: str):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = set(values) - set(names)
+    if unknown:
+        bad = sorted(unknown)[0]
+        raise ConfigError(f"unknown config key {prefix + bad!r}; valid keys under {prefix or 'the top level'}: {names}")
+    kwargs = {}
+    for name, value in values.items():
+        tp = hints[name]
+        key = prefix + name
+        if _is_dataclass_type(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: expected a mapping of options, got {value!r}")
+            kwargs[name] = _build(tp, value, key + ".")
+        else:
+            kwargs[name] = _coerce(value, tp, key)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.lr=0.02"`` → ``("train.lr", 0.02)``; the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.iterations=200")
+    key, raw = text.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({err.problem})") from err
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML ({getattr(err, 'problem', err)})") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_config(paths: list[str | Path] = (), overrides: list[str] = ()) -> RunConfig:
+    """Merge YAML files (later ones win) and dotted overrides into a checked `RunConfig`."""
+    tree: dict = {}
+    for path in paths:
+        for key, value in _flatten(read_yaml(path)).items():
+            _set_dotted(tree, key, value)
+    for text in overrides:
+        _set_dotted(tree, *parse_override(text))
+    return _build(RunConfig, tree, "")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "extra":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def config_to_dict(cfg) -> dict:
+    return asdict(cfg)
+
+
+def config_from_dict(tree: dict) -> RunConfig:
+    return _build(RunConfig, tree, "")
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

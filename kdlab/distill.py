@@ -1,0 +1,151 @@
+"""Distillation: recipes (YAML lists of methods with weights) and the objective that trains a student.
+
+A recipe file::
+
+    description: BPKD with the paper's weights
+    methods:
+      - method: bpkd            # a name from kdlab.losses.REGISTRY
+        weight: 1.0             # multiplies every term of this method
+        term_weights: {edge: 50, body: 20}   # the paper's λ per term (defaults: the method's own)
+        taps: {logits: head_logits}          # role -> tap, or role -> {student: .., teacher: ..}
+        options: {alpha: 2.0, edge_width: 7}
+        name: bpkd              # optional: the log prefix (needed when a method appears twice)
+
+The total loss is ``ce + ramp(t) · Σ_entries weight · Σ_terms term_weight · term`` where ramp is
+the optional linear warm-up of ``distill.warmup_iters``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdlab.checkpoint import check_dataset_match, model_from_checkpoint, resolve_checkpoint_path
+from kdlab.config import RunConfig, read_yaml
+from kdlab.errors import ConfigError
+from kdlab.losses import REGISTRY, MethodContext, Step, build_method
+from kdlab.models.zoo import SegModel
+
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "configs" / "recipes"
+IGNORE_INDEX = 255
+_ENTRY_KEYS = {"method", "name", "weight", "term_weights", "taps", "options"}
+
+
+@dataclass
+class RecipeEntry:
+    method: str
+    name: str
+    weight: float = 1.0
+    term_weights: dict = field(default_factory=dict)
+    taps: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+
+
+def recipe_path(recipe: str) -> Path:
+    """A recipe file path, or the name of a file in configs/recipes/."""
+    path = Path(recipe)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    candidate = RECIPE_DIR / f"{recipe}.yaml"
+    if not candidate.is_file():
+        names = sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+        raise ConfigError(f"distill.recipe: no recipe named {recipe!r}; shipped recipes: {names}")
+    return candidate
+
+
+def load_recipe(recipe: str) -> list[RecipeEntry]:
+    path = recipe_path(recipe)
+    tree = read_yaml(path)
+    methods = tree.get("methods")
+    if not isinstance(methods, list) or not methods:
+        raise ConfigError(f"{path}: a recipe needs a non-empty 'methods' list")
+    entries = []
+    for i, item in enumerate(methods):
+        if not isinstance(item, dict) or "method" not in item:
+            raise ConfigError(f"{path}: methods[{i}] must be a mapping with a 'method' key")
+        unknown = set(item) - _ENTRY_KEYS
+        if unknown:
+            raise ConfigError(f"{path}: methods[{i}]: unknown key(s) {sorted(unknown)}; valid: {sorted(_ENTRY_KEYS)}")
+        if item["method"] not in REGISTRY:
+            raise ConfigError(f"{path}: methods[{i}]: unknown method {item['method']!r}; valid: {sorted(REGISTRY)}")
+        entries.append(RecipeEntry(name=item.get("name", item["method"]), **{k: v for k, v in item.items() if k != "name"}))
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: two entries share a name; give them distinct 'name' keys")
+    return entries
+
+
+class DistillObjective(nn.Module):
+    """Cross-entropy plus the weighted terms of every recipe entry, against a frozen teacher."""
+
+    def __init__(self, teacher: SegModel, student: SegModel, entries: list[RecipeEntry], num_classes: int,
+                 total_iterations: int, warmup_iters: int = 0):
+        super().__init__()
+        self.teacher = teacher.eval().requires_grad_(False)
+        ctx = MethodContext(student.tap_channels, teacher.tap_channels, student.stage_names,
+                            teacher.stage_names, num_classes)
+        self.methods = nn.ModuleDict()
+        self.weights: dict[str, float] = {}
+        for entry in entries:
+            method = build_method(entry.method, ctx, entry.taps, entry.options)
+            unknown = set(entry.term_weights) - set(method.default_weights)
+            if unknown:
+                raise ConfigError(f"recipe entry {entry.name!r}: unknown term(s) {sorted(unknown)}; "
+                                  f"terms: {sorted(method.default_weights)}")
+            self.methods[entry.name] = method
+            for term, default in method.default_weights.items():
+                self.weights[f"{entry.name}.{term}"] = entry.weight * float(entry.term_weights.get(term, default))
+        self.student_taps = tuple(sorted(set().union(*(m.tap_names("student") for m in self.methods.values()))))
+        self.teacher_taps = tuple(sorted(set().union(*(m.tap_names("teacher") for m in self.methods.values()))))
+        self.total_iterations = total_iterations
+        self.warmup_iters = warmup_iters
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def ramp(self, iteration: int) -> float:
+        return min(1.0, iteration / self.warmup_iters) if self.warmup_iters else 1.0
+
+    def forward(self, student: dict, batch: dict, iteration: int) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            teacher = self.teacher.forward_taps(batch["image"], self.teacher_taps)
+        ce = F.cross_entropy(student["logits"].float(), batch["label"], ignore_index=IGNORE_INDEX)
+        step = Step(iteration, self.total_iterations)
+        terms = {"ce": ce}
+        for name, method in self.methods.items():
+            terms.update({f"{name}.{term}": value for term, value in method(student, teacher, batch, step).items()})
+        ramp = self.ramp(iteration)
+        kd = sum(self.weights[name] * terms[name] for name in self.weights)
+        return {"loss": ce + ramp * kd, "kd": kd, **terms}
+
+    def extra_state(self) -> dict:
+        return {name: m.extra_state() for name, m in self.methods.items() if hasattr(m, "extra_state")}
+
+    def load_extra_state(self, state: dict) -> None:
+        for name, value in state.items():
+            self.methods[name].load_extra_state(value)
+
+
+def load_teacher(cfg: RunConfig, meta: dict, device: torch.device) -> SegModel:
+    if not cfg.distill.teacher:
+        raise ConfigError("distill.teacher: a teacher checkpoint (file or run directory) is required")
+    path = resolve_checkpoint_path(cfg.distill.teacher)
+    teacher, state = model_from_checkpoint(path)
+    check_dataset_match(state, meta, path, role="teacher")
+    return teacher.to(device)
+
+
+def distill_objective(cfg: RunConfig, student: SegModel, meta: dict, device: torch.device) -> DistillObjective:
+    """The objective factory `kdlab.engine.train` calls for a distillation run."""
+    if not cfg.distill.recipe:
+        raise ConfigError("distill.recipe: a recipe (name or YAML path) is required")
+    entries = load_recipe(cfg.distill.recipe)
+    teacher = load_teacher(cfg, meta, device)
+    return DistillObjective(teacher, student, entries, meta["num_classes"], cfg.train.iterations,
+                            cfg.distill.warmup_iters)

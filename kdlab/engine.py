@@ -1,0 +1,361 @@
+"""Training and evaluation loop shared by supervised training and distillation.
+
+Small named pieces in the style of torchvision's segmentation reference:
+`build_data`, `make_loader`, `train_one_step`, `evaluate`, `train`. What a step optimises is an
+*objective* (`SupervisedObjective` here, `kdlab.distill.DistillObjective` for KD): a module that
+names the student taps it needs and returns a dict of named terms whose ``"loss"`` entry is
+minimised, so logs and notebooks plot terms without knowing the method.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from kdlab.checkpoint import (CHECKPOINT_NAME, check_dataset_match, load_checkpoint, load_model_weights,
+                              save_checkpoint)
+from kdlab.config import RunConfig, config_from_dict, config_to_dict, dump_config, read_yaml
+from kdlab.data import SegmentationFolder, ensure_embedded, eval_transform, train_transform
+from kdlab.errors import CheckpointError, ConfigError, KdlabError
+from kdlab.metrics import SegmentationMeter
+from kdlab.models.zoo import SegModel, build_model
+from kdlab.runtime import atomic_write_text, resolve_device, restore_rng_state, rng_state, seed_everything
+
+IGNORE_INDEX = 255
+
+
+# ----------------------------------------------------------------------------- data
+def dataset_root(cfg: RunConfig) -> Path:
+    """The dataset directory; the embedded benchmark is generated there on first use."""
+    d = cfg.data
+    if d.name == "embedded":
+        return ensure_embedded(d.root, seed=d.seed, image_size=d.image_size, num_train=d.num_train,
+                               num_val=d.num_val)
+    if d.name == "folder":
+        return Path(d.root)
+    raise ConfigError(f"data.name: unknown dataset {d.name!r}; choose 'embedded' or 'folder'")
+
+
+def build_data(cfg: RunConfig) -> tuple[SegmentationFolder, SegmentationFolder, dict]:
+    root = dataset_root(cfg)
+    train_set = SegmentationFolder(root, "train", transform=train_transform(
+        cfg.data.crop_size, scale=(cfg.data.scale_min, cfg.data.scale_max)))
+    val_set = SegmentationFolder(root, "val", transform=eval_transform())
+    return train_set, val_set, dataset_meta(train_set)
+
+
+def dataset_meta(dataset: SegmentationFolder) -> dict:
+    meta = dataset.meta
+    return {"name": meta["name"], "num_classes": int(meta["num_classes"]),
+            "class_names": list(meta["class_names"]), "palette": [list(c) for c in meta["palette"]]}
+
+
+class IterationBatches(torch.utils.data.Sampler):
+    """Yields, for iterations start..end-1, the batch of (index, augmentation seed) pairs.
+
+    The batch of iteration `it` depends only on (seed, it): data order is a fresh permutation
+    per epoch and each sample's augmentation has its own seed, so a resumed run sees exactly
+    the batches an uninterrupted run would, whatever the number of workers.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, start: int, end: int):
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.start, self.end = start, end
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        return torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+
+    def batch(self, it: int) -> list[tuple[int, int]]:
+        positions = range(it * self.batch_size, (it + 1) * self.batch_size)
+        out = []
+        for pos in positions:
+            epoch, offset = divmod(pos, self.num_samples)
+            out.append((int(self._permutation(epoch)[offset]), self.seed * 1_000_003 + pos))
+        return out
+
+    def __iter__(self):
+        for it in range(self.start, self.end):
+            yield self.batch(it)
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+
+def make_loader(dataset, cfg: RunConfig, start: int, end: int) -> torch.utils.data.DataLoader:
+    sampler = IterationBatches(len(dataset), cfg.train.batch_size, cfg.train.seed, start, end)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                                       pin_memory=torch.cuda.is_available())
+
+
+# ----------------------------------------------------------------------------- objectives
+class SupervisedObjective(nn.Module):
+    """Cross-entropy on the full-resolution logits (ignore = 255)."""
+
+    student_taps: tuple[str, ...] = ()
+
+    def forward(self, student: dict, batch: dict, iteration: int) -> dict[str, torch.Tensor]:
+        ce = F.cross_entropy(student["logits"].float(), batch["label"], ignore_index=IGNORE_INDEX)
+        return {"loss": ce, "ce": ce}
+
+
+# ----------------------------------------------------------------------------- steps
+def poly_lambda(iterations: int, power: float) -> Callable[[int], float]:
+    return lambda it: max(0.0, 1.0 - it / iterations) ** power
+
+
+class NonFiniteLoss(KdlabError):
+    """A loss term became NaN or inf."""
+
+
+def check_finite(terms: dict[str, float], iteration: int) -> None:
+    bad = [name for name, value in terms.items() if not math.isfinite(value)]
+    if bad:
+        raise NonFiniteLoss(f"iteration {iteration}: loss term {bad[0]!r} is {terms[bad[0]]} "
+                            f"(terms: {', '.join(f'{k}={v:.4g}' for k, v in terms.items())})")
+
+
+def train_one_step(model: SegModel, objective: nn.Module, batch: dict, optimizer, scaler, cfg: RunConfig,
+                   iteration: int, device: torch.device) -> dict[str, float]:
+    model.train()
+    batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    with torch.autocast(device.type, enabled=scaler.is_enabled()):
+        student = model.forward_taps(batch["image"], objective.student_taps)
+        terms = objective(student, batch, iteration)
+    values = dict(zip(terms, torch.stack([t.detach().float() for t in terms.values()]).tolist()))
+    if cfg.distill.check_finite:
+        check_finite(values, iteration)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(terms["loss"]).backward()
+    if cfg.train.grad_clip:
+        scaler.unscale_(optimizer)
+        values["grad_norm"] = float(nn.utils.clip_grad_norm_(
+            [p for group in optimizer.param_groups for p in group["params"]], cfg.train.grad_clip))
+    scaler.step(optimizer)
+    scaler.update()
+    return values
+
+
+# ----------------------------------------------------------------------------- evaluation
+def slide_inference(model: nn.Module, images: torch.Tensor, window: int, stride: int,
+                    num_classes: int) -> torch.Tensor:
+    """Average logits of overlapping windows (for images larger than the training crop)."""
+    n, _, h, w = images.shape
+    logits = images.new_zeros(n, num_classes, h, w)
+    counts = images.new_zeros(1, 1, h, w)
+    rows = range(0, max(h - window, 0) + 1, stride)
+    cols = range(0, max(w - window, 0) + 1, stride)
+    tops = sorted(set(list(rows) + [max(h - window, 0)]))
+    lefts = sorted(set(list(cols) + [max(w - window, 0)]))
+    for top in tops:
+        for left in lefts:
+            crop = images[:, :, top:top + window, left:left + window]
+            logits[:, :, top:top + window, left:left + window] += model(crop).float()
+            counts[:, :, top:top + window, left:left + window] += 1
+    return logits / counts
+
+
+def predict(model: nn.Module, images: torch.Tensor, cfg_eval, num_classes: int) -> torch.Tensor:
+    if cfg_eval.mode == "slide":
+        return slide_inference(model, images, cfg_eval.window, cfg_eval.stride, num_classes).argmax(1)
+    if cfg_eval.mode == "whole":
+        return model(images).argmax(1)
+    raise ConfigError(f"eval.mode: unknown mode {cfg_eval.mode!r}; choose 'whole' or 'slide'")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset, cfg: RunConfig, device: torch.device, num_classes: int,
+             progress: bool = True) -> dict:
+    """Scores of `model` over the split: one confusion matrix (plus trimap bands) on the device."""
+    model.eval()
+    meter = SegmentationMeter(num_classes, widths=tuple(cfg.eval.band_widths), device=device)
+    indices = range(len(dataset) if cfg.eval.max_images is None else min(len(dataset), cfg.eval.max_images))
+    subset = torch.utils.data.Subset(dataset, list(indices))
+    loader = torch.utils.data.DataLoader(subset, batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers)
+    for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        images, labels = batch["image"].to(device), batch["label"].to(device)
+        with torch.autocast(device.type, enabled=device.type == "cuda" and cfg.train.amp):
+            pred = predict(model, images, cfg.eval, num_classes)
+        meter.update(pred, labels)
+    return meter.compute()
+
+
+# ----------------------------------------------------------------------------- run directory
+class RunDir:
+    """<out_dir>/<name>/: config.yaml, log.jsonl, eval.jsonl, checkpoints/last.pt, results.json."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.config = path / "config.yaml"
+        self.log = path / "log.jsonl"
+        self.eval_log = path / "eval.jsonl"
+        self.checkpoint = path / "checkpoints" / CHECKPOINT_NAME
+        self.results = path / "results.json"
+
+    def append(self, file: Path, record: dict) -> None:
+        with open(file, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def truncate_logs(self, iteration: int) -> None:
+        """Drop log lines past `iteration` (written after the checkpoint a resume starts from)."""
+        for file in (self.log, self.eval_log):
+            if file.exists():
+                kept = [line for line in file.read_text().splitlines()
+                        if line and json.loads(line)["iteration"] <= iteration]
+                atomic_write_text(file, "".join(line + "\n" for line in kept))
+
+
+def prepare_run_dir(cfg: RunConfig, resume: bool) -> RunDir:
+    run = RunDir(cfg.run_dir)
+    if resume:
+        if not run.checkpoint.is_file():
+            raise CheckpointError(f"{run.checkpoint}: nothing to resume (no checkpoint in {run.path})")
+        return run
+    if run.config.exists():
+        raise ConfigError(f"{run.path}: run directory already exists; pass --resume to continue it "
+                          f"or choose another name (name=...)")
+    run.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.config, dump_config(cfg))
+    return run
+
+
+def run_config(run_dir: str | Path) -> RunConfig:
+    """The resolved config a run directory was started with: the directory alone reproduces the run."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a run directory (no config.yaml)")
+    return config_from_dict(read_yaml(path))
+
+
+# ----------------------------------------------------------------------------- the loop
+def build_optimizer(params, cfg: RunConfig):
+    optimizer = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
+                                weight_decay=cfg.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(cfg.train.iterations, cfg.train.poly_power))
+    return optimizer, scheduler
+
+
+def checkpoint_state(model, objective, optimizer, scheduler, scaler, cfg, meta, iteration) -> dict:
+    return {
+        "model": model.state_dict(), "model_spec": asdict(model.spec), "dataset": meta,
+        "config": config_to_dict(cfg), "iteration": iteration, "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
+        "objective": objective.state_dict(),
+        "objective_extra": objective.extra_state() if hasattr(objective, "extra_state") else {},
+    }
+
+
+def restore_training_state(path, model, objective, optimizer, scheduler, scaler, meta) -> int:
+    state = load_checkpoint(path)
+    check_dataset_match(state, meta, path)
+    load_model_weights(model, state["model"], path)
+    objective.load_state_dict(state["objective"])
+    if hasattr(objective, "load_extra_state"):
+        objective.load_extra_state(state["objective_extra"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    restore_rng_state(state["rng"])
+    return int(state["iteration"])
+
+
+ObjectiveFactory = Callable[[RunConfig, SegModel, dict, torch.device], nn.Module]
+
+
+def supervised_objective(cfg, model, meta, device) -> nn.Module:
+    return SupervisedObjective()
+
+
+def train(cfg: RunConfig, resume: bool = False, until: int | None = None,
+          objective_factory: ObjectiveFactory = supervised_objective, progress: bool = True) -> Path:
+    """Train `cfg.model` (from scratch or from the run directory's checkpoint) and evaluate it.
+
+    `until` stops after that iteration (checkpoint written) so that a later `resume` continues;
+    the schedule always spans `cfg.train.iterations`.
+    """
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    train_set, val_set, meta = build_data(cfg)
+    model = build_model(cfg.model, meta["num_classes"]).to(device)
+    objective = objective_factory(cfg, model, meta, device).to(device)
+    run = prepare_run_dir(cfg, resume)
+    params = [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
+    optimizer, scheduler = build_optimizer(params, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.train.amp)
+    start = 0
+    if resume:
+        start = restore_training_state(run.checkpoint, model, objective, optimizer, scheduler, scaler, meta)
+        run.truncate_logs(start)
+    end = min(cfg.train.iterations, until) if until is not None else cfg.train.iterations
+
+    def save(iteration: int) -> None:
+        save_checkpoint(run.checkpoint, checkpoint_state(model, objective, optimizer, scheduler, scaler,
+                                                         cfg, meta, iteration))
+
+    loader = make_loader(train_set, cfg, start, end)
+    bar = tqdm(total=end, initial=start, desc=cfg.name, disable=not progress, dynamic_ncols=True)
+    tic = time.perf_counter()
+    for iteration, batch in enumerate(loader, start=start + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        values = train_one_step(model, objective, batch, optimizer, scaler, cfg, iteration, device)
+        scheduler.step()
+        elapsed = time.perf_counter() - tic
+        run.append(run.log, {"iteration": iteration, "lr": lr,
+                             "time_s": round(elapsed, 3), **values})
+        bar.update(1)
+        if iteration % cfg.train.log_interval == 0 or iteration == 1:
+            bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()})
+        if cfg.train.eval_interval and iteration % cfg.train.eval_interval == 0 and iteration < end:
+            run.append(run.eval_log, {"iteration": iteration, **summary(evaluate(
+                model, val_set, cfg, device, meta["num_classes"], progress))})
+        if iteration % cfg.train.checkpoint_interval == 0 and iteration < end:
+            save(iteration)
+    bar.close()
+    save(end)
+    if end == cfg.train.iterations:
+        scores = evaluate(model, val_set, cfg, device, meta["num_classes"], progress)
+        run.append(run.eval_log, {"iteration": end, **summary(scores)})
+        results = {"iteration": end, "train_time_s": round(time.perf_counter() - tic, 2),
+                   "class_names": meta["class_names"], **scores}
+        atomic_write_text(run.results, json.dumps(results, indent=1, default=_jsonable))
+    return run.path
+
+
+def summary(scores: dict) -> dict:
+    """The scalar entries of a score dict (what goes in eval.jsonl)."""
+    return {k: v for k, v in scores.items() if isinstance(v, (int, float))}
+
+
+def _jsonable(value):
+    if torch.is_tensor(value):
+        return value.tolist()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return str(value)
+
+
+def evaluate_checkpoint(checkpoint: str | Path, cfg: RunConfig, out: str | Path | None = None,
+                        progress: bool = True) -> dict:
+    """Scores of a saved model on the validation split of `cfg`'s dataset (class names must match)."""
+    from kdlab.checkpoint import model_from_checkpoint, resolve_checkpoint_path
+
+    path = resolve_checkpoint_path(checkpoint)
+    device = resolve_device(cfg.train.device)
+    _, val_set, meta = build_data(cfg)
+    model, state = model_from_checkpoint(path)
+    check_dataset_match(state, meta, path)
+    scores = evaluate(model.to(device), val_set, cfg, device, meta["num_classes"], progress)
+    if out is not None:
+        atomic_write_text(out, json.dumps({"checkpoint": str(path), "class_names": meta["class_names"], **scores},
+                                          indent=1, default=_jsonable))
+    return scores

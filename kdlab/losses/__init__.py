@@ -1,0 +1,10 @@
+"""Distillation methods, one per file, registered by name in `REGISTRY`.
+
+`kdlab.losses.functional` holds the pure functions (METHODS.md section 7); each method module is a
+thin `DistillMethod` around them holding the method's trainable parts.
+"""
+
+from kdlab.losses import at, bcd, bpkd, cwd, kd, local_pairwise, mimic, ppd, skd, skd_holistic, skd_pairwise  # noqa: F401  (registration)
+from kdlab.losses.base import REGISTRY, DistillMethod, MethodContext, Step, build_method, register
+
+__all__ = ["REGISTRY", "DistillMethod", "MethodContext", "Step", "build_method", "register"]

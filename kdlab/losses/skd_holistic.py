@@ -1,0 +1,104 @@
+"""`skd_holistic`: holistic distillation with a conditional WGAN-GP discriminator (SKD Eq. 3–4)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdlab.losses import functional as KF
+from kdlab.losses.base import DistillMethod, MethodContext, register, resize_to
+
+GRADIENT_PENALTY_WEIGHT = 10.0
+
+
+class SelfAttention(nn.Module):
+    """SAGAN-style self-attention over spatial positions, added back with a learned scale."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.query = nn.Conv2d(channels, max(channels // 8, 1), kernel_size=1)
+        self.key = nn.Conv2d(channels, max(channels // 8, 1), kernel_size=1)
+        self.value = nn.Conv2d(channels, channels, kernel_size=1)
+        self.gamma = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.query(x).flatten(2), self.key(x).flatten(2), self.value(x).flatten(2)
+        attention = torch.softmax(q.transpose(1, 2) @ k, dim=-1)
+        return x + self.gamma * (v @ attention.transpose(1, 2)).view_as(x)
+
+
+class Discriminator(nn.Module):
+    """D(Q|I): the segmentation map concatenated with the RGB image; five convolutions with two
+    self-attention blocks between the last three; one score per image."""
+
+    def __init__(self, num_classes: int, width: int = 64):
+        super().__init__()
+
+        def conv(cin, cout, stride):
+            return nn.Sequential(nn.utils.parametrizations.spectral_norm(
+                nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1)), nn.LeakyReLU(0.2))
+
+        self.net = nn.Sequential(
+            conv(num_classes + 3, width, 2), conv(width, width * 2, 2), conv(width * 2, width * 4, 1),
+            SelfAttention(width * 4), conv(width * 4, width * 4, 1), SelfAttention(width * 4),
+            nn.Conv2d(width * 4, 1, kernel_size=3, padding=1),
+        )
+
+    def forward(self, segmentation: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        image = F.interpolate(image, size=segmentation.shape[-2:], mode="bilinear", align_corners=False)
+        return self.net(torch.cat([segmentation, image], 1)).mean((1, 2, 3))
+
+
+@contextmanager
+def trainable(module: nn.Module):
+    """Parameters of `module` take gradients only inside this block (so the student's optimizer,
+    which collects trainable parameters at start, never owns the discriminator)."""
+    module.requires_grad_(True)
+    try:
+        yield
+    finally:
+        module.requires_grad_(False)
+
+
+@register
+class HolisticKD(DistillMethod):
+    """Alternates one discriminator step (min D(Q_s|I) − D(Q_t|I) + 10·GP, its own Adam) with the
+    student term −D(Q_s|I) (λ2 = 0.1, enters the loss as `holistic`)."""
+
+    name = "skd_holistic"
+    default_taps = {"logits": "head_logits"}
+    default_weights = {"holistic": 0.1}  # λ2 of SKD
+
+    def __init__(self, ctx: MethodContext, taps=None, d_width: int = 64, d_lr: float = 1e-4):
+        super().__init__(ctx, taps)
+        self.discriminator = Discriminator(ctx.num_classes, d_width).requires_grad_(False)
+        self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=d_lr, betas=(0.5, 0.9))
+
+    def discriminator_step(self, q_student: torch.Tensor, q_teacher: torch.Tensor, image: torch.Tensor) -> float:
+        with trainable(self.discriminator), torch.autocast(image.device.type, enabled=False):
+            d_loss = KF.wgan_critic_loss(self.discriminator(q_student, image), self.discriminator(q_teacher, image))
+            d_loss = d_loss + GRADIENT_PENALTY_WEIGHT * KF.gradient_penalty(self.discriminator, q_teacher, q_student,
+                                                                            image)
+            self.d_optimizer.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.d_optimizer.step()
+        return d_loss.detach()
+
+    def terms(self, student, teacher, batch, step):
+        image = batch["image"].float()
+        q_s = torch.softmax(resize_to(student["logits"], teacher["logits"]).float(), 1)
+        q_t = torch.softmax(teacher["logits"].float(), 1)
+        out = {}
+        if self.training:
+            out["critic"] = self.discriminator_step(q_s.detach(), q_t, image)
+        out["holistic"] = KF.holistic_generator_loss(self.discriminator(q_s, image))
+        return out
+
+    def extra_state(self) -> dict:
+        return {"d_optimizer": self.d_optimizer.state_dict()}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.d_optimizer.load_state_dict(state["d_optimizer"])

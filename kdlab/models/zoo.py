@@ -1,0 +1,175 @@
+"""Segmentation models from segmentation-models-pytorch with named intermediate tensors.
+
+`SegModel(x)` returns the logits (N×C×H×W at input resolution), so the model can be
+handed to anything that expects a plain segmentation network (grad-cam, evaluation).
+`SegModel.forward_taps(x, taps)` returns a dict holding the logits plus the named
+tensors a distiller may tap:
+
+- ``stem``: output of the first convolution block (the first encoder feature after the input),
+- ``stage1`` … ``stageK``: every encoder stage (smp's ``model.encoder(x)`` list, input and
+  empty stages dropped), ``encoder_out`` = the last stage,
+- ``decoder``: the decoder's last feature map before the classifier,
+- ``decoder_pre_relu``: the same map before its final ReLU (where the decoder ends in one),
+- ``head_logits``: the classifier output before the head's upsampling (decoder resolution),
+- ``logits``: the final logits at input resolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+
+from kdlab.errors import ConfigError
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "Unet": smp.Unet,
+    "FPN": smp.FPN,
+    "PSPNet": smp.PSPNet,
+    "DeepLabV3": smp.DeepLabV3,
+    "DeepLabV3Plus": smp.DeepLabV3Plus,
+    "UPerNet": smp.UPerNet,
+    "Segformer": smp.Segformer,
+    "PAN": smp.PAN,
+}
+
+# How each architecture spells "dilate the encoder to this output stride".
+_OUTPUT_STRIDE_ARG = {"DeepLabV3": "encoder_output_stride", "DeepLabV3Plus": "encoder_output_stride"}
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a model; stored in checkpoints."""
+
+    arch: str = "DeepLabV3Plus"  # one of ARCHITECTURES
+    encoder: str = "resnet18"  # any smp encoder name
+    encoder_weights: str | None = None  # None = random init; "imagenet" downloads weights (opt-in)
+    encoder_depth: int | None = None  # None = the architecture's default (PSPNet: 3, others: 5)
+    output_stride: int | None = None  # 8 or 16 dilates the encoder (papers' D8 models); None = default
+    extra: dict = field(default_factory=dict)  # further keyword arguments for the smp constructor
+
+
+def _smp_kwargs(spec: ModelSpec, num_classes: int) -> dict:
+    kwargs = dict(encoder_name=spec.encoder, encoder_weights=spec.encoder_weights, classes=num_classes)
+    if spec.encoder_depth is not None:
+        kwargs["encoder_depth"] = spec.encoder_depth
+    if spec.output_stride is not None:
+        kwargs[_OUTPUT_STRIDE_ARG.get(spec.arch, "output_stride")] = spec.output_stride
+        if spec.arch == "PSPNet":
+            kwargs["upsampling"] = spec.output_stride
+    kwargs.update(spec.extra)
+    return kwargs
+
+
+def build_smp_model(spec: ModelSpec, num_classes: int) -> nn.Module:
+    """The bare smp model for `spec`; unknown names fail with the valid choices listed."""
+    if spec.arch not in ARCHITECTURES:
+        raise ConfigError(f"model.arch: unknown architecture {spec.arch!r}; choose from {sorted(ARCHITECTURES)}")
+    known_encoders = smp.encoders.get_encoder_names()
+    if spec.encoder not in known_encoders:
+        close = [n for n in known_encoders if spec.encoder.split("_")[0] in n][:8]
+        raise ConfigError(f"model.encoder: unknown encoder {spec.encoder!r} (similar: {close})")
+    try:
+        return ARCHITECTURES[spec.arch](**_smp_kwargs(spec, num_classes))
+    except (TypeError, ValueError, KeyError) as err:
+        raise ConfigError(f"model: cannot build {spec.arch}/{spec.encoder}: {err}") from err
+
+
+class SegModel(nn.Module):
+    """An smp model plus named taps; see the module docstring for the tap names."""
+
+    def __init__(self, spec: ModelSpec, num_classes: int):
+        super().__init__()
+        self.spec = spec
+        self.num_classes = num_classes
+        self.net = build_smp_model(spec, num_classes)
+        self._stage_index = {
+            f"stage{i}": i for i, ch in enumerate(self.net.encoder.out_channels) if i > 0 and ch > 0
+        }
+        self._decoder_relus = [m for m in self.net.decoder.modules() if isinstance(m, nn.ReLU)]
+        for relu in self._decoder_relus:
+            relu.inplace = False  # the pre-ReLU tap keeps a reference to the ReLU's input
+        self.tap_channels = self._measure_tap_channels()
+
+    @property
+    def stage_names(self) -> list[str]:
+        return list(self._stage_index)
+
+    @property
+    def tap_names(self) -> list[str]:
+        return list(self.tap_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def forward_taps(self, x: torch.Tensor, taps: Iterable[str] = ()) -> dict[str, torch.Tensor]:
+        """Logits plus the requested named tensors, from one forward pass.
+
+        The logits are identical to ``self(x)``; taps that are not requested are not kept.
+        """
+        taps = set(taps)
+        unknown = taps - set(self.tap_channels)
+        if unknown:
+            raise ConfigError(f"taps: {sorted(unknown)} not provided by {self.spec.arch}/{self.spec.encoder}; "
+                              f"available: {self.tap_names}")
+        return self._run_with_taps(x, taps)
+
+    def _run_with_taps(self, x: torch.Tensor, taps: set[str]) -> dict[str, torch.Tensor]:
+        pre_relu: list[torch.Tensor] = []
+        handles = []
+        if "decoder_pre_relu" in taps:
+            handles = [r.register_forward_pre_hook(lambda _m, inp: pre_relu.append(inp[0]))
+                       for r in self._decoder_relus]
+        try:
+            features = self.net.encoder(x)
+            decoder_out = self.net.decoder(features)
+        finally:
+            for h in handles:
+                h.remove()
+        classifier, *upsampling = self.net.segmentation_head
+        head_logits = classifier(decoder_out)
+        logits = head_logits
+        for layer in upsampling:
+            logits = layer(logits)
+        out = {"logits": logits}
+        available = {"decoder": decoder_out, "head_logits": head_logits}
+        if pre_relu:
+            available["decoder_pre_relu"] = pre_relu[-1]
+        for name, index in self._stage_index.items():
+            available[name] = features[index]
+        available["stem"] = features[next(iter(self._stage_index.values()))]
+        available["encoder_out"] = features[-1]
+        out.update({name: available[name] for name in taps if name != "logits"})
+        return out
+
+    @torch.no_grad()
+    def _measure_tap_channels(self) -> dict[str, int]:
+        """Channel count of every tap, read from one tiny forward pass in eval mode."""
+        was_training = self.training
+        self.eval()
+        probe = torch.zeros(1, 3, 64, 64)
+        names = ["stem", *self._stage_index, "encoder_out", "decoder", "head_logits", "logits"]
+        if self._decoder_relus:
+            names.insert(names.index("decoder"), "decoder_pre_relu")
+        try:
+            out = self._run_with_taps(probe, set(names))
+        finally:
+            self.train(was_training)
+        return {name: out[name].shape[1] for name in names}
+
+
+def build_model(spec: ModelSpec | dict, num_classes: int) -> SegModel:
+    """Build a `SegModel` from a spec (or a dict of its fields)."""
+    if isinstance(spec, dict):
+        unknown = set(spec) - set(ModelSpec.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"model: unknown option(s) {sorted(unknown)}; valid: {sorted(ModelSpec.__dataclass_fields__)}")
+        spec = ModelSpec(**spec)
+    return SegModel(spec, num_classes)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
