@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny models and a tiny embedded benchmark, built once per session."""
+
+import warnings
+
+import pytest
+import torch
+
+warnings.filterwarnings("ignore", category=UserWarning)
+torch.set_num_threads(2)
+
+TINY_DATA = ["data.image_size=64", "data.crop_size=64", "data.num_train=24", "data.num_val=6"]
+
+
+@pytest.fixture(scope="session")
+def tiny_data_root(tmp_path_factory):
+    from kdlab.data import ensure_embedded
+
+    root = tmp_path_factory.mktemp("data") / "embedded"
+    ensure_embedded(root, seed=0, image_size=64, num_train=24, num_val=6, progress=False)
+    return root
+
+
+@pytest.fixture
+def tiny_overrides(tiny_data_root, tmp_path):
+    """Overrides for a run that takes seconds: tiny data, a truncated student, a few iterations."""
+    return [f"data.root={tiny_data_root}", *TINY_DATA, f"out_dir={tmp_path / 'runs'}",
+            "model.arch=PSPNet", "model.encoder=resnet18", "model.encoder_depth=3",
+            "train.iterations=4", "train.batch_size=2", "train.eval_interval=0",
+            "train.checkpoint_interval=2", "train.log_interval=1", "eval.batch_size=6"]
