@@ -1,0 +1,689 @@
+"""Every distillation term of the project as a plain function (METHODS.md sections 1–5 and 7).
+
+Tensors in, a scalar (or a map) out; no state and no ``nn.Module``. The teacher argument
+is always treated as a constant (detached here), so gradients reach only the student.
+Student and teacher must have the same spatial size (the modules resize before calling);
+channel counts may differ only for similarity-based terms. Bad input raises ``ValueError``
+with a one-line message naming the argument.
+
+Notation: ``s``/``t`` are student/teacher tensors ``N×C×h×w``; ``KL(p‖q) = Σ p (log p − log q)``
+with the teacher distribution ``p`` as the target; "batch mean" averages over the ``N`` images.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    "DEFAULT_MAX_BLOCK_ELEMS",
+    "BCD_DIRECTIONS",
+    "pixel_kd",
+    "pairwise_similarity_kd",
+    "local_pairwise_kd",
+    "attention_transfer",
+    "mimic_kd",
+    "channel_wise_kd",
+    "bpkd_edge_masks",
+    "bpkd_edge_loss",
+    "bpkd_body_loss",
+    "bcd_boundary_affinity",
+    "bcd_affinity_valid_mask",
+    "boundary_kd",
+    "context_relation_kd",
+    "gam",
+    "partial_l2",
+    "ppd_pixel_kd",
+    "ppd_pairwise_kd",
+    "wgan_critic_loss",
+    "gradient_penalty",
+    "holistic_generator_loss",
+]
+
+#: Largest number of elements of one block of an ``hw×hw`` relation matrix (summed over the
+#: batch) that the pair-wise and context terms hold at a time (64 MiB in float32).
+DEFAULT_MAX_BLOCK_ELEMS = 2**24
+
+#: The 8 directions ``(dy, dx)`` of BCD's pixel pairs, in the order of the affinity channels.
+BCD_DIRECTIONS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+_FORMS = ("channel", "pixel")
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared pieces
+# ---------------------------------------------------------------------------------------------
+
+
+def _shape_of(x) -> object:
+    """The shape of a tensor, or the type name of anything else (for error messages)."""
+    return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def _check_4d(x: torch.Tensor, name: str) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"{name} must be a 4-D N×C×h×w tensor, got {_shape_of(x)}")
+
+
+def _student_and_constant_teacher(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    names: tuple[str, str],
+    same_channels: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check a student/teacher pair of ``N×C×h×w`` tensors and return it with the teacher detached."""
+    student_name, teacher_name = names
+    _check_4d(student, student_name)
+    _check_4d(teacher, teacher_name)
+    if student.shape[0] != teacher.shape[0]:
+        raise ValueError(
+            f"{teacher_name} has batch size {teacher.shape[0]} but {student_name} has {student.shape[0]}"
+        )
+    if student.shape[-2:] != teacher.shape[-2:]:
+        raise ValueError(
+            f"{student_name} has spatial size {tuple(student.shape[-2:])} but {teacher_name} has "
+            f"{tuple(teacher.shape[-2:])}; resize before calling"
+        )
+    if same_channels and student.shape[1] != teacher.shape[1]:
+        raise ValueError(
+            f"{student_name} has {student.shape[1]} channels but {teacher_name} has {teacher.shape[1]}; "
+            "this term needs equal channel counts"
+        )
+    return student, teacher.detach()
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+
+
+def _softmax_kl(
+    teacher_logits: torch.Tensor,
+    student_logits: torch.Tensor,
+    dim: int,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``τ²·KL(softmax(t/τ) ‖ softmax(s/τ))`` along ``dim`` (that dimension is summed out).
+
+    ``mask`` (boolean, broadcastable to the logits) excludes entries from both softmaxes.
+    """
+    teacher_logits = teacher_logits / temperature
+    student_logits = student_logits / temperature
+    if mask is not None:
+        # Excluded entries get probability 0 on both sides, so they add 0 to the KL. A finite
+        # value rather than -inf, so that a slice with no kept entry gives uniform distributions
+        # (KL 0, finite gradients) instead of NaN; half the most negative float, so that
+        # log_softmax subtracting the maximum cannot overflow it to -inf (float16).
+        lowest = torch.finfo(student_logits.dtype).min / 2
+        teacher_logits = teacher_logits.masked_fill(~mask, lowest)
+        student_logits = student_logits.masked_fill(~mask, lowest)
+    kl = F.kl_div(
+        F.log_softmax(student_logits, dim=dim),
+        F.log_softmax(teacher_logits, dim=dim),
+        log_target=True,
+        reduction="none",
+    )
+    return temperature**2 * kl.sum(dim)
+
+
+def _pixel_kl_map(student_logits, teacher_logits, temperature=1.0) -> torch.Tensor:
+    """Per-pixel ``τ²·KL`` of the channel softmaxes (pixel-wise form): ``N×h×w``."""
+    return _softmax_kl(teacher_logits, student_logits, dim=1, temperature=temperature)
+
+
+def _channel_kl_map(student_logits, teacher_logits, temperature=1.0) -> torch.Tensor:
+    """Per-channel ``τ²·KL`` of the spatial softmaxes (channel-wise form): ``N×C``."""
+    return _softmax_kl(
+        teacher_logits.flatten(2), student_logits.flatten(2), dim=-1, temperature=temperature
+    )
+
+
+def _unit_positions(feat: torch.Tensor) -> torch.Tensor:
+    """``N×C×h×w`` → ``N×C×hw`` with every position's feature vector L2-normalised over channels.
+
+    Products of these vectors are the cosine similarities ``f_iᵀf_j/(‖f_i‖‖f_j‖)``.
+    """
+    return F.normalize(feat.flatten(2), dim=1)
+
+
+def _block_budget(max_block_elems: int | None) -> int:
+    if max_block_elems is None:
+        return DEFAULT_MAX_BLOCK_ELEMS
+    if isinstance(max_block_elems, bool) or not isinstance(max_block_elems, int) or max_block_elems < 1:
+        raise ValueError(f"max_block_elems must be a positive integer, got {max_block_elems!r}")
+    return max_block_elems
+
+
+def _sum_over_row_blocks(
+    block_loss: Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor],
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    max_block_elems: int | None,
+) -> torch.Tensor:
+    """Sum of ``block_loss(student, teacher, start, stop)`` over row blocks of an ``hw×hw`` relation.
+
+    ``student``/``teacher`` are ``N×C×hw``; ``block_loss`` builds rows ``start:stop`` of the
+    relation matrix of every image (``N×rows×hw`` elements) and reduces them to a scalar. Rows
+    are grouped so that one block stays within the budget ``max_block_elems``.
+    """
+    batch, _, length = student.shape
+    rows_per_block = max(1, _block_budget(max_block_elems) // (batch * length))
+    if rows_per_block >= length:
+        return block_loss(student, teacher, 0, length)
+    total = student.new_zeros(())
+    for start in range(0, length, rows_per_block):
+        stop = min(start + rows_per_block, length)
+        # Without checkpointing, autograd would keep every block alive until backward, i.e.
+        # the whole hw×hw matrix; recomputing each block during backward bounds the memory.
+        total = total + checkpoint(block_loss, student, teacher, start, stop, use_reentrant=False)
+    return total
+
+
+def _similarity_block_squared_error(s_unit, t_unit, start: int, stop: int) -> torch.Tensor:
+    """``Σ (a^s_ij − a^t_ij)²`` over rows ``i ∈ [start, stop)`` of the cosine-similarity matrices."""
+    s_sim = s_unit[:, :, start:stop].transpose(1, 2) @ s_unit
+    t_sim = t_unit[:, :, start:stop].transpose(1, 2) @ t_unit
+    return (s_sim - t_sim).pow(2).sum()
+
+
+def _similarity_distance(s_feat, t_feat, max_block_elems: int | None = None) -> torch.Tensor:
+    """``(1/(hw)²) Σ_ij (a^s_ij − a^t_ij)²`` over all position pairs, batch mean (SKD Eq. 2)."""
+    s_unit, t_unit = _unit_positions(s_feat), _unit_positions(t_feat)
+    batch, _, length = s_unit.shape
+    total = _sum_over_row_blocks(_similarity_block_squared_error, s_unit, t_unit, max_block_elems)
+    return total / (batch * length**2)
+
+
+# ---------------------------------------------------------------------------------------------
+# SKD (section 1) and its baselines
+# ---------------------------------------------------------------------------------------------
+
+
+def pixel_kd(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 1.0,
+    valid_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Pixel-wise distillation, SKD Eq. 1: pixel mean of ``τ²·KL(softmax_c(t/τ) ‖ softmax_c(s/τ))``.
+
+    ``valid_mask`` (boolean ``N×h×w``, True = keep) restricts the mean to the valid pixels of
+    the whole batch; an all-False mask gives 0.
+    """
+    student_logits, teacher_logits = _student_and_constant_teacher(
+        student_logits, teacher_logits, ("student_logits", "teacher_logits"), same_channels=True
+    )
+    _check_temperature(temperature)
+    kl = _pixel_kl_map(student_logits, teacher_logits, temperature)
+    if valid_mask is None:
+        return kl.mean()
+    if valid_mask.dtype != torch.bool or valid_mask.shape != kl.shape:
+        raise ValueError(
+            f"valid_mask must be a boolean tensor of shape {tuple(kl.shape)}, "
+            f"got {valid_mask.dtype} {tuple(valid_mask.shape)}"
+        )
+    return torch.where(valid_mask, kl, 0.0).sum() / valid_mask.sum().clamp(min=1)
+
+
+def pairwise_similarity_kd(
+    student_feat: torch.Tensor,
+    teacher_feat: torch.Tensor,
+    pool_kernel: int | None = None,
+    max_block_elems: int | None = None,
+) -> torch.Tensor:
+    """Pair-wise similarity distillation, SKD Eq. 2: ``(1/(hw)²) Σ_ij (a^s_ij − a^t_ij)²``, batch mean.
+
+    ``a_ij`` is the cosine similarity of the feature vectors at positions ``i`` and ``j``
+    (gradients flow through the norms). With ``pool_kernel`` both maps are first max-pooled
+    with kernel = stride = ``pool_kernel`` in ceil mode (partial windows at the right and bottom
+    edges are kept). The similarity matrices are built in row blocks of at most
+    ``max_block_elems`` elements for the whole batch (default ``DEFAULT_MAX_BLOCK_ELEMS``);
+    the value and the gradient do not depend on the block size. Channel counts may differ.
+    """
+    student_feat, teacher_feat = _student_and_constant_teacher(
+        student_feat, teacher_feat, ("student_feat", "teacher_feat"), same_channels=False
+    )
+    if pool_kernel is not None:
+        if isinstance(pool_kernel, bool) or not isinstance(pool_kernel, int) or pool_kernel < 1:
+            raise ValueError(f"pool_kernel must be a positive integer or None, got {pool_kernel!r}")
+        student_feat, teacher_feat = (
+            F.max_pool2d(feat, kernel_size=pool_kernel, stride=pool_kernel, ceil_mode=True)
+            for feat in (student_feat, teacher_feat)
+        )
+    return _similarity_distance(student_feat, teacher_feat, max_block_elems)
+
+
+def local_pairwise_kd(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
+    """LOCAL baseline of SKD Table 2: cosine similarities of each pixel with its 8 neighbours.
+
+    Mean of ``(a^s_ij − a^t_ij)²`` over all neighbouring pairs inside the map (every image has
+    the same pairs, so this is also the batch mean). Each unordered pair is visited once, via
+    the 4 "forward" offsets; since ``a_ij = a_ji`` this equals the mean over the ordered pairs of
+    all 8 neighbours. A 1×1 map has no pairs and gives 0. Channel counts may differ.
+    """
+    student_feat, teacher_feat = _student_and_constant_teacher(
+        student_feat, teacher_feat, ("student_feat", "teacher_feat"), same_channels=False
+    )
+    height, width = student_feat.shape[-2:]
+    s_unit, t_unit = (F.normalize(feat, dim=1) for feat in (student_feat, teacher_feat))
+    total = student_feat.new_zeros(())
+    pairs = 0
+    for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):
+        rows, cols = slice(0, height - dy), slice(max(0, -dx), width - max(0, dx))
+        shifted_cols = slice(max(0, dx), width - max(0, -dx))
+        s_sim = (s_unit[:, :, rows, cols] * s_unit[:, :, dy:, shifted_cols]).sum(1)
+        t_sim = (t_unit[:, :, rows, cols] * t_unit[:, :, dy:, shifted_cols]).sum(1)
+        total = total + (s_sim - t_sim).pow(2).sum()
+        pairs += s_sim.numel()
+    return total / max(pairs, 1)
+
+
+def attention_transfer(student_feat: torch.Tensor, teacher_feat: torch.Tensor, p: float = 2) -> torch.Tensor:
+    """Attention transfer (AT; PPD's GAT, PPD Eq. 2): ``a = gam(f, p)`` flattened per image and
+    L2-normalised; the loss is the mean over all ``N·h·w`` entries of ``(â_s − â_t)²``.
+
+    Channel counts may differ.
+    """
+    student_feat, teacher_feat = _student_and_constant_teacher(
+        student_feat, teacher_feat, ("student_feat", "teacher_feat"), same_channels=False
+    )
+    s_att, t_att = (F.normalize(gam(feat, p).flatten(1), dim=1) for feat in (student_feat, teacher_feat))
+    return (s_att - t_att).pow(2).mean()
+
+
+def mimic_kd(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
+    """MIMIC / FitNet baseline of SKD Table 2: mean squared error between the feature maps.
+
+    The 1×1 adapter that maps the student's channels to the teacher's is applied by the caller,
+    so the channel counts must already agree.
+    """
+    student_feat, teacher_feat = _student_and_constant_teacher(
+        student_feat, teacher_feat, ("student_feat", "teacher_feat"), same_channels=True
+    )
+    return F.mse_loss(student_feat, teacher_feat)
+
+
+# ---------------------------------------------------------------------------------------------
+# CWD (section 2)
+# ---------------------------------------------------------------------------------------------
+
+
+def channel_wise_kd(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Channel-wise distillation: ``τ²/(N·C) Σ_{n,c} KL(softmax_hw(t_nc/τ) ‖ softmax_hw(s_nc/τ))``."""
+    student_logits, teacher_logits = _student_and_constant_teacher(
+        student_logits, teacher_logits, ("student_logits", "teacher_logits"), same_channels=True
+    )
+    _check_temperature(temperature)
+    return _channel_kl_map(student_logits, teacher_logits, temperature).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# BPKD (section 3)
+# ---------------------------------------------------------------------------------------------
+
+
+def _dilate(masks: torch.Tensor, size: int) -> torch.Tensor:
+    """Max filter over a ``size×size`` window, ``(size−1)//2`` before and ``size//2`` after
+    each pixel (so even sizes work); outside the image counts as 0."""
+    before, after = (size - 1) // 2, size // 2
+    padded = F.pad(masks, (before, after, before, after), value=0.0)
+    return F.max_pool2d(padded, kernel_size=size, stride=1)
+
+
+def _erode(masks: torch.Tensor, size: int) -> torch.Tensor:
+    """Min filter over the same window as ``_dilate``; outside the image counts as 1, so the
+    image border does not eat into a region."""
+    return 1.0 - _dilate(1.0 - masks, size)
+
+
+def bpkd_edge_masks(
+    labels: torch.Tensor,
+    num_classes: int,
+    out_size: int | Sequence[int],
+    edge_width: int = 7,
+    ignore_index: int = 255,
+) -> torch.Tensor:
+    """Soft per-class edge masks ``M_E`` of BPKD Sec. 3.2: ``N×C×h×w`` floats in ``[0, 1]``.
+
+    Per class ``c``: ``GT_edge,c = dilate(Y_c) − erode(Y_c)`` with a square window of side
+    ``edge_width`` (see ``_dilate``/``_erode``), where ``Y_c`` is the one-hot mask of ``labels``
+    (``N×H×W`` integers; ignore pixels belong to no class). The binary masks are adaptively
+    average-pooled to ``out_size`` (the logit size). Vectorised over batch and classes; runs on
+    the labels' device.
+    """
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 3:
+        raise ValueError("labels must be an N×H×W integer tensor")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must have an integer dtype, got {labels.dtype}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if isinstance(edge_width, bool) or not isinstance(edge_width, int) or edge_width < 1:
+        raise ValueError(f"edge_width must be a positive integer, got {edge_width!r}")
+    valid = labels != ignore_index
+    if ((labels < 0) | (labels >= num_classes))[valid].any():
+        raise ValueError(f"labels must lie in [0, {num_classes}) or equal ignore_index={ignore_index}")
+    classes = torch.arange(num_classes, device=labels.device).view(1, -1, 1, 1)
+    one_hot = ((labels.unsqueeze(1) == classes) & valid.unsqueeze(1)).float()
+    edges = _dilate(one_hot, edge_width) - _erode(one_hot, edge_width)
+    return F.adaptive_avg_pool2d(edges, out_size)
+
+
+def _divide_or_zero(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """``numerator / denominator`` where the denominator is positive, 0 elsewhere (finite gradients)."""
+    positive = denominator > 0
+    return torch.where(positive, numerator / torch.where(positive, denominator, 1), 0.0)
+
+
+def _check_edge_masks(edge_masks: torch.Tensor, logits: torch.Tensor) -> None:
+    if not isinstance(edge_masks, torch.Tensor) or edge_masks.shape != logits.shape:
+        raise ValueError(
+            f"edge_masks must have the logits' shape {tuple(logits.shape)}, got {_shape_of(edge_masks)}"
+        )
+
+
+def _check_form(form: str) -> None:
+    if form not in _FORMS:
+        raise ValueError(f"form must be one of {_FORMS}, got {form!r}")
+
+
+def _post_mask_filter(kl_map: torch.Tensor, edge_masks: torch.Tensor, alpha) -> torch.Tensor:
+    """POM, BPKD Eq. 3: ``Σ_c (α_c/n_c) Σ_i φ_i·M_E,c(i)`` per image (``n_c = 0`` → 0), batch mean."""
+    num_classes = edge_masks.shape[1]
+    alpha = torch.as_tensor(alpha, dtype=kl_map.dtype, device=kl_map.device)
+    if alpha.dim() > 1 or (alpha.dim() == 1 and alpha.numel() != num_classes):
+        raise ValueError(f"alpha must be a scalar or a 1-D tensor of length {num_classes}")
+    per_class = (kl_map.unsqueeze(1) * edge_masks).sum((2, 3))
+    area = (edge_masks != 0).sum((2, 3))
+    return (alpha * _divide_or_zero(per_class, area)).sum(1).mean()
+
+
+def _edge_weighted_mean(kl_map: torch.Tensor, edge_masks: torch.Tensor) -> torch.Tensor:
+    """POM off: ``Σ_i φ_i m_i / Σ_i m_i`` per image, ``m = max_c M_E,c`` (0 without edges), batch mean."""
+    weights = edge_masks.amax(1)
+    area = weights.sum((1, 2))
+    per_image = (kl_map * weights).sum((1, 2))
+    return _divide_or_zero(per_image, area).mean()
+
+
+def bpkd_edge_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    edge_masks: torch.Tensor,
+    alpha: float | torch.Tensor = 2.0,
+    prm: bool = True,
+    pom: bool = True,
+    form: str = "pixel",
+) -> torch.Tensor:
+    """BPKD edge loss (Eq. 2–3) with the PRM / POM ablation switches of its Table 4.
+
+    PRM (Eq. 2): ``Z_E = Z ⊙ M_E`` for both nets, then the per-pixel
+    ``φ_i = KL(softmax_c(Z^t_E,i) ‖ softmax_c(Z^s_E,i))``; with ``prm=False`` the logits are
+    not masked. POM (Eq. 3): ``Σ_c (α_c/n_c) Σ_i φ_i·M_E,c(i)`` per image, ``n_c`` the number of
+    non-zero entries of ``M_E,c``, batch mean; ``alpha`` is a scalar or a length-C tensor. With
+    ``pom=False``: ``Σ_i φ_i m_i / Σ_i m_i`` per image with ``m = max_c M_E,c``, no α, batch mean.
+    An image without edge pixels contributes 0.
+
+    ``form="channel"`` is the Edge(C) variant of BPKD Table 3: channel-wise distillation
+    (``channel_wise_kd``, τ = 1) of the PRM-masked logits. POM re-weights per-pixel terms and has
+    no channel-wise counterpart, so that form requires ``pom=False``.
+    """
+    student_logits, teacher_logits = _student_and_constant_teacher(
+        student_logits, teacher_logits, ("student_logits", "teacher_logits"), same_channels=True
+    )
+    _check_edge_masks(edge_masks, student_logits)
+    _check_form(form)
+    if form == "channel" and pom:
+        raise ValueError("pom=True needs form='pixel' (POM weights per-pixel terms); pass pom=False")
+    if prm:
+        student_logits, teacher_logits = student_logits * edge_masks, teacher_logits * edge_masks
+    if form == "channel":
+        return channel_wise_kd(student_logits, teacher_logits)
+    kl_map = _pixel_kl_map(student_logits, teacher_logits)
+    if pom:
+        return _post_mask_filter(kl_map, edge_masks, alpha)
+    return _edge_weighted_mean(kl_map, edge_masks)
+
+
+def bpkd_body_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    edge_masks: torch.Tensor,
+    temperature: float = 1.0,
+    form: str = "channel",
+) -> torch.Tensor:
+    """BPKD body loss (BEL, Eq. 4): ``Z_B = Z ⊙ (1 − max_c M_E,c)`` (broadcast over channels),
+    then channel-wise distillation (``channel_wise_kd``) of ``Z_B``.
+
+    ``form="pixel"`` is the Body(P) variant of BPKD Table 3: ``pixel_kd`` of ``Z_B``.
+    """
+    student_logits, teacher_logits = _student_and_constant_teacher(
+        student_logits, teacher_logits, ("student_logits", "teacher_logits"), same_channels=True
+    )
+    _check_edge_masks(edge_masks, student_logits)
+    _check_form(form)
+    body = 1.0 - edge_masks.amax(1, keepdim=True)
+    distill = channel_wise_kd if form == "channel" else pixel_kd
+    return distill(student_logits * body, teacher_logits * body, temperature)
+
+
+# ---------------------------------------------------------------------------------------------
+# BCD (section 4)
+# ---------------------------------------------------------------------------------------------
+
+
+def _directional_steps(maps: torch.Tensor, radius: int, pad_value: float) -> torch.Tensor:
+    """``N×h×w`` → ``N×8×(radius+1)×h×w``: entry ``[n, d, k, y, x]`` is the map at
+    ``(y + k·dy, x + k·dx)`` for direction ``d = (dy, dx)`` of ``BCD_DIRECTIONS``, or
+    ``pad_value`` where that position lies outside the image."""
+    height, width = maps.shape[-2:]
+    padded = F.pad(maps, (radius, radius, radius, radius), value=pad_value)
+    directions = []
+    for dy, dx in BCD_DIRECTIONS:
+        steps = [
+            padded[:, radius + k * dy : radius + k * dy + height, radius + k * dx : radius + k * dx + width]
+            for k in range(radius + 1)
+        ]
+        directions.append(torch.stack(steps, 1))
+    return torch.stack(directions, 1)
+
+
+def _check_radius(radius: int) -> None:
+    if isinstance(radius, bool) or not isinstance(radius, int) or radius < 1:
+        raise ValueError(f"radius must be a positive integer, got {radius!r}")
+
+
+def bcd_boundary_affinity(boundary_prob: torch.Tensor, radius: int = 5) -> torch.Tensor:
+    """Boundary affinities of BCD Eq. 2: ``B_ij = 1 − max_{k on the segment i→j} b_k``.
+
+    ``boundary_prob`` is the ``N×1×h×w`` boundary probability ``b = sigmoid(Conv1×1(F^c))``.
+    Reading of Eq. 2 (as in IRNet, the paper's ref. [5]): the "boundary value" of the pixels on
+    the line ``Π_ij`` is their boundary probability, and the segment includes both endpoints
+    ``i`` and ``j``, so a boundary at either end already separates the pair.
+
+    Output ``N×(8·radius)×h×w``: channel ``d·radius + (k − 1)`` holds the affinity between
+    pixel ``i = (y, x)`` and ``j = (y + k·dy, x + k·dx)``, ``d`` indexing ``BCD_DIRECTIONS`` and
+    ``k = 1..radius``. Pairs whose ``j`` lies outside the image get affinity 0 (as if behind a
+    boundary) and are excluded from ``boundary_kd`` by ``bcd_affinity_valid_mask``.
+    """
+    if not isinstance(boundary_prob, torch.Tensor) or boundary_prob.dim() != 4 or boundary_prob.shape[1] != 1:
+        raise ValueError(f"boundary_prob must be an N×1×h×w tensor, got {_shape_of(boundary_prob)}")
+    _check_radius(radius)
+    steps = _directional_steps(boundary_prob[:, 0], radius, pad_value=1.0)
+    running_max = steps.cummax(dim=2).values[:, :, 1:]
+    return (1.0 - running_max).flatten(1, 2)
+
+
+def bcd_affinity_valid_mask(
+    height: int, width: int, radius: int = 5, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Boolean ``(8·radius)×h×w`` mask of the pairs of ``bcd_boundary_affinity`` whose ``j`` lies
+    inside the image (same channel layout); pass it as ``valid`` to ``boundary_kd``."""
+    _check_radius(radius)
+    inside = torch.ones(1, height, width, device=device)
+    steps = _directional_steps(inside, radius, pad_value=0.0)[0, :, 1:]
+    return steps.flatten(0, 1).bool()
+
+
+def boundary_kd(
+    student_affinity: torch.Tensor,
+    teacher_affinity: torch.Tensor,
+    temperature: float = 1.0,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Boundary distillation, BCD Eq. 3: ``τ²·KL(ρ(B^t/τ) ‖ ρ(B^s/τ))``, batch mean.
+
+    ``ρ`` is the softmax over all pair entries ``(i, j)`` of one image (every element of an
+    ``N×K×h×w`` affinity map, e.g. from ``bcd_boundary_affinity``). ``valid`` (boolean, shape
+    ``K×h×w`` or ``N×K×h×w``) excludes pairs from both softmaxes.
+    """
+    student_affinity, teacher_affinity = _student_and_constant_teacher(
+        student_affinity, teacher_affinity, ("student_affinity", "teacher_affinity"), same_channels=True
+    )
+    _check_temperature(temperature)
+    mask = None
+    if valid is not None:
+        shape = student_affinity.shape
+        if valid.dtype != torch.bool or valid.shape not in (shape, shape[1:]):
+            raise ValueError(
+                f"valid must be a boolean tensor of shape {tuple(shape[1:])} or {tuple(shape)}, "
+                f"got {valid.dtype} {tuple(valid.shape)}"
+            )
+        mask = valid.expand_as(student_affinity).flatten(1)
+    kl = _softmax_kl(teacher_affinity.flatten(1), student_affinity.flatten(1), 1, temperature, mask)
+    return kl.mean()
+
+
+def context_relation_kd(
+    student_feat: torch.Tensor,
+    teacher_feat: torch.Tensor,
+    temperature: float = 1.0,
+    max_block_elems: int | None = None,
+) -> torch.Tensor:
+    """Context distillation, BCD Eq. 4–5: ``τ²·(1/hw)·Σ_rows KL(R^t_row ‖ R^s_row)``, batch mean.
+
+    ``R = softmax_row((FᵀF/√d)/τ)`` is the ``hw×hw`` self-relation of a feature map ``F``
+    (``O`` already applied by the caller), ``d`` each side's own channel count, so the channel
+    counts may differ. Rows are computed in blocks of at most ``max_block_elems`` elements for
+    the whole batch (default ``DEFAULT_MAX_BLOCK_ELEMS``); the value and the gradient do not
+    depend on the block size.
+    """
+    student_feat, teacher_feat = _student_and_constant_teacher(
+        student_feat, teacher_feat, ("student_feat", "teacher_feat"), same_channels=False
+    )
+    _check_temperature(temperature)
+    s_flat, t_flat = student_feat.flatten(2), teacher_feat.flatten(2)
+
+    def relation_rows(feat: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        return feat[:, :, start:stop].transpose(1, 2) @ feat / math.sqrt(feat.shape[1])
+
+    def block_kl(s, t, start, stop):
+        kl_rows = _softmax_kl(relation_rows(t, start, stop), relation_rows(s, start, stop), -1, temperature)
+        return kl_rows.sum()
+
+    batch, _, length = s_flat.shape
+    return _sum_over_row_blocks(block_kl, s_flat, t_flat, max_block_elems) / (batch * length)
+
+
+# ---------------------------------------------------------------------------------------------
+# PPD (section 5)
+# ---------------------------------------------------------------------------------------------
+
+
+def gam(feat: torch.Tensor, p: float) -> torch.Tensor:
+    """Global attention map, PPD Eq. 1: ``G = Σ_c |A_c|^p`` → ``N×h×w``.
+
+    ``p = 1`` sums the signed values (no absolute value), keeping negative responses as PPD's
+    pixel-wise term needs; every other ``p`` uses ``|A_c|^p``.
+    """
+    _check_4d(feat, "feat")
+    if not p > 0:
+        raise ValueError(f"p must be positive, got {p}")
+    if p == 1:
+        return feat.sum(1)
+    return feat.abs().pow(p).sum(1)
+
+
+def partial_l2(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Partial L2 distance, PPD Eq. 4: mean over all elements of ``(T_i − S_i)²``, except
+    elements with ``S_i ≤ T_i ≤ 0``, which contribute 0 (but still count in the mean)."""
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"student has shape {tuple(student.shape)} but teacher has {tuple(teacher.shape)}; "
+            "shapes must match"
+        )
+    teacher = teacher.detach()
+    squared = (teacher - student).pow(2)
+    return torch.where((student <= teacher) & (teacher <= 0), 0.0, squared).mean()
+
+
+def ppd_pixel_kd(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
+    """PPD pixel-wise term, Eq. 5: ``partial_l2`` between the channel sums ``gam(·, p=1)`` of
+    the (pre-ReLU) feature maps. Channel counts may differ; the caller resizes."""
+    student_feat, teacher_feat = _student_and_constant_teacher(
+        student_feat, teacher_feat, ("student_feat", "teacher_feat"), same_channels=False
+    )
+    return partial_l2(gam(student_feat, 1), gam(teacher_feat, 1))
+
+
+def ppd_pairwise_kd(student_feat: torch.Tensor, teacher_feat: torch.Tensor, grid: int = 3) -> torch.Tensor:
+    """PPD pair-wise term, Eq. 6–8: adaptive max-pool both maps to ``grid×grid``; the pooled
+    positions are the nodes; ``(1/grid⁴) Σ_ij (e^t_ij − e^s_ij)²`` over their cosine
+    similarities, batch mean. Channel counts may differ."""
+    student_feat, teacher_feat = _student_and_constant_teacher(
+        student_feat, teacher_feat, ("student_feat", "teacher_feat"), same_channels=False
+    )
+    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
+        raise ValueError(f"grid must be a positive integer, got {grid!r}")
+    return _similarity_distance(
+        F.adaptive_max_pool2d(student_feat, grid), F.adaptive_max_pool2d(teacher_feat, grid)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# SKD holistic term (Eq. 3–4): conditional WGAN-GP pieces
+# ---------------------------------------------------------------------------------------------
+
+
+def wgan_critic_loss(d_student: torch.Tensor, d_teacher: torch.Tensor) -> torch.Tensor:
+    """Critic objective of SKD Eq. 3 (minimised by the discriminator): ``mean D(Q_s|I) − mean D(Q_t|I)``.
+
+    Both scores train the critic, so neither is detached here; detach the student's map
+    before scoring it in the critic step.
+    """
+    return d_student.mean() - d_teacher.mean()
+
+
+def gradient_penalty(
+    critic: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    condition: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """WGAN-GP penalty ``mean_n (‖∇_x̂ D(x̂|I)‖₂ − 1)²`` on random interpolates (SKD Sec. 3.2).
+
+    ``x̂ = ε·real + (1−ε)·fake`` with one ``ε ~ U(0, 1)`` per image (drawn from ``generator``);
+    ``real`` (teacher maps) and ``fake`` (student maps) are ``N×C×h×w`` and treated as
+    constants; ``critic(segmentation_map, image)`` is called with ``condition`` as the image.
+    The graph is kept so the penalty can be back-propagated into the critic.
+    """
+    _check_4d(real, "real")
+    if fake.shape != real.shape:
+        raise ValueError(f"fake has shape {tuple(fake.shape)} but real has {tuple(real.shape)}")
+    eps = torch.rand(real.shape[0], 1, 1, 1, generator=generator, device=real.device, dtype=real.dtype)
+    interpolates = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
+    scores = critic(interpolates, condition)
+    (grads,) = torch.autograd.grad(scores.sum(), interpolates, create_graph=True)
+    return (grads.flatten(1).norm(dim=1) - 1).pow(2).mean()
+
+
+def holistic_generator_loss(d_student: torch.Tensor) -> torch.Tensor:
+    """Student's adversarial term of SKD Eq. 4: ``−mean D(Q_s|I)`` (weighted by λ2 by the caller)."""
+    return -d_student.mean()
