@@ -339,3 +339,28 @@ def _markdown_text(columns: list[str], cells: list[list[str]]) -> str:
         return "| " + " | ".join(str(value).replace("|", "\\|") for value in values) + " |\n"
 
     return line(columns) + line(["---"] * len(columns)) + "".join(line(row) for row in cells)
+
+
+def sweep_figure(rows: Sequence[Mapping], title: str | None = None) -> Figure:
+    """mIoU and trimap mIoU against the swept value of an ablation sweep.
+
+    `rows` come from `kdlab.pipeline.summary_rows`; swept runs are labelled ``recipe@key=value``
+    and the ``baseline`` row is drawn as a horizontal reference line.
+    """
+    swept = [r for r in rows if "@" in r["method"]]
+    key = swept[0]["method"].split("@", 1)[1].split("=", 1)[0]
+    values = [float(r["method"].rsplit("=", 1)[1]) for r in swept]
+    fig, axes = _new_figure(1, 2)
+    for ax, metric in zip(axes[0], ("mIoU", "trimap_mIoU")):
+        ax.errorbar(values, [r[metric] for r in swept], yerr=[np.nan_to_num(r[f"{metric}_std"]) for r in swept],
+                    marker="o", capsize=3, label=swept[0]["method"].split("@")[0])
+        baseline = next((r for r in rows if r["method"] == "baseline"), None)
+        if baseline is not None:
+            ax.axhline(baseline[metric], color="grey", linestyle="--", label="baseline")
+        ax.set_xlabel(key)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    return fig

@@ -69,10 +69,13 @@ def load_model_weights(model: torch.nn.Module, state_dict: dict, path: str | Pat
 def model_from_checkpoint(path: str | Path, map_location="cpu") -> tuple[SegModel, dict]:
     """Rebuild the model a checkpoint was trained with and load its weights."""
     state = load_checkpoint(path, map_location)
-    spec = ModelSpec(**state["model_spec"])
-    model = build_model(spec, state["dataset"]["num_classes"])
+    return model_from_state(state, path), state
+
+
+def model_from_state(state: dict, path: str | Path) -> SegModel:
+    model = build_model(ModelSpec(**state["model_spec"]), state["dataset"]["num_classes"])
     load_model_weights(model, state["model"], path)
-    return model, state
+    return model
 
 
 def model_spec_dict(spec: ModelSpec) -> dict:

@@ -46,6 +46,7 @@ def cmd_distill(args) -> None:
 
     if args.resume:
         cfg = run_config(args.resume)
+        cfg.distill.recipe = str(Path(args.resume) / "recipe.yaml")  # the recipe the run started with
     else:
         overrides = list(args.overrides)
         if args.recipe:

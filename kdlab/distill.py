@@ -11,8 +11,9 @@ A recipe file::
         options: {alpha: 2.0, edge_width: 7}
         name: bpkd              # optional: the log prefix (needed when a method appears twice)
 
-The total loss is ``ce + ramp(t) · Σ_entries weight · Σ_terms term_weight · term`` where ramp is
-the optional linear warm-up of ``distill.warmup_iters``.
+The total loss is ``ce + ramp(t) · kd`` with ``kd = Σ_entries weight · schedule(t) · Σ_terms term_weight · term``:
+ramp is the optional linear warm-up of ``distill.warmup_iters``, schedule a method's own (BCD's r(t)).
+Terms are logged unweighted, so their magnitudes can be compared across runs.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdlab.checkpoint import check_dataset_match, model_from_checkpoint, resolve_checkpoint_path
+from kdlab.checkpoint import check_dataset_match, load_checkpoint, model_from_state, resolve_checkpoint_path
 from kdlab.config import RunConfig, read_yaml
 from kdlab.errors import ConfigError
 from kdlab.losses import REGISTRY, MethodContext, Step, build_method
@@ -117,12 +118,12 @@ class DistillObjective(nn.Module):
             teacher = self.teacher.forward_taps(batch["image"], self.teacher_taps)
         ce = F.cross_entropy(student["logits"].float(), batch["label"], ignore_index=IGNORE_INDEX)
         step = Step(iteration, self.total_iterations)
-        terms = {"ce": ce}
+        terms, scale = {"ce": ce}, {}
         for name, method in self.methods.items():
             terms.update({f"{name}.{term}": value for term, value in method(student, teacher, batch, step).items()})
-        ramp = self.ramp(iteration)
-        kd = sum(self.weights[name] * terms[name] for name in self.weights)
-        return {"loss": ce + ramp * kd, "kd": kd, **terms}
+            scale.update({f"{name}.{term}": method.schedule(step) for term in method.default_weights})
+        kd = sum(self.weights[name] * scale[name] * terms[name] for name in self.weights if name in terms)
+        return {"loss": ce + self.ramp(iteration) * kd, "kd": kd, **terms}
 
     def extra_state(self) -> dict:
         return {name: m.extra_state() for name, m in self.methods.items() if hasattr(m, "extra_state")}
@@ -136,9 +137,9 @@ def load_teacher(cfg: RunConfig, meta: dict, device: torch.device) -> SegModel:
     if not cfg.distill.teacher:
         raise ConfigError("distill.teacher: a teacher checkpoint (file or run directory) is required")
     path = resolve_checkpoint_path(cfg.distill.teacher)
-    teacher, state = model_from_checkpoint(path)
+    state = load_checkpoint(path)
     check_dataset_match(state, meta, path, role="teacher")
-    return teacher.to(device)
+    return model_from_state(state, path).to(device)
 
 
 def distill_objective(cfg: RunConfig, student: SegModel, meta: dict, device: torch.device) -> DistillObjective:
@@ -147,5 +148,7 @@ def distill_objective(cfg: RunConfig, student: SegModel, meta: dict, device: tor
         raise ConfigError("distill.recipe: a recipe (name or YAML path) is required")
     entries = load_recipe(cfg.distill.recipe)
     teacher = load_teacher(cfg, meta, device)
-    return DistillObjective(teacher, student, entries, meta["num_classes"], cfg.train.iterations,
-                            cfg.distill.warmup_iters)
+    objective = DistillObjective(teacher, student, entries, meta["num_classes"], cfg.train.iterations,
+                                 cfg.distill.warmup_iters)
+    objective.run_files = {"recipe.yaml": recipe_path(cfg.distill.recipe).read_text()}
+    return objective

@@ -92,8 +92,9 @@ class IterationBatches(torch.utils.data.Sampler):
 
 def make_loader(dataset, cfg: RunConfig, start: int, end: int) -> torch.utils.data.DataLoader:
     sampler = IterationBatches(len(dataset), cfg.train.batch_size, cfg.train.seed, start, end)
+    # Its own generator: creating the iterator must not draw from the global RNG (dropout's).
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
-                                       pin_memory=torch.cuda.is_available())
+                                       pin_memory=torch.cuda.is_available(), generator=torch.Generator())
 
 
 # ----------------------------------------------------------------------------- objectives
@@ -176,7 +177,7 @@ def evaluate(model: nn.Module, dataset, cfg: RunConfig, device: torch.device, nu
              progress: bool = True) -> dict:
     """Scores of `model` over the split: one confusion matrix (plus trimap bands) on the device."""
     model.eval()
-    meter = SegmentationMeter(num_classes, widths=tuple(cfg.eval.band_widths), device=device)
+    meter = SegmentationMeter(num_classes, widths=tuple(cfg.eval.band_widths))
     indices = range(len(dataset) if cfg.eval.max_images is None else min(len(dataset), cfg.eval.max_images))
     subset = torch.utils.data.Subset(dataset, list(indices))
     loader = torch.utils.data.DataLoader(subset, batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers)
@@ -289,6 +290,8 @@ def train(cfg: RunConfig, resume: bool = False, until: int | None = None,
     model = build_model(cfg.model, meta["num_classes"]).to(device)
     objective = objective_factory(cfg, model, meta, device).to(device)
     run = prepare_run_dir(cfg, resume)
+    for name, text in getattr(objective, "run_files", {}).items():
+        atomic_write_text(run.path / name, text)
     params = [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
     optimizer, scheduler = build_optimizer(params, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.train.amp)
@@ -313,6 +316,8 @@ def train(cfg: RunConfig, resume: bool = False, until: int | None = None,
         run.append(run.log, {"iteration": iteration, "lr": lr,
                              "time_s": round(elapsed, 3), **values})
         bar.update(1)
+        if iteration == start + 1:
+            report_start_terms(run, values, getattr(objective, "weights", {}), progress)
         if iteration % cfg.train.log_interval == 0 or iteration == 1:
             bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()})
         if cfg.train.eval_interval and iteration % cfg.train.eval_interval == 0 and iteration < end:
@@ -331,6 +336,18 @@ def train(cfg: RunConfig, resume: bool = False, until: int | None = None,
     return run.path
 
 
+def report_start_terms(run: RunDir, values: dict[str, float], weights: dict[str, float], progress: bool) -> None:
+    """Every term's magnitude at the first step, raw and weighted (start_terms.json + one printed line),
+    so that a term whose weight assumes another scale is visible before it wrecks the run."""
+    table = {name: {"value": value, "weight": weights.get(name, 1.0 if name == "ce" else 0.0),
+                    "weighted": value * weights.get(name, 1.0 if name == "ce" else 0.0)}
+             for name, value in values.items() if name not in ("loss", "kd", "grad_norm")}
+    atomic_write_text(run.path / "start_terms.json", json.dumps(table, indent=1))
+    if progress:
+        tqdm.write("start terms: " + ", ".join(f"{k}={v['value']:.3g} (x{v['weight']:g} = {v['weighted']:.3g})"
+                                               for k, v in table.items()))
+
+
 def summary(scores: dict) -> dict:
     """The scalar entries of a score dict (what goes in eval.jsonl)."""
     return {k: v for k, v in scores.items() if isinstance(v, (int, float))}
@@ -347,13 +364,14 @@ def _jsonable(value):
 def evaluate_checkpoint(checkpoint: str | Path, cfg: RunConfig, out: str | Path | None = None,
                         progress: bool = True) -> dict:
     """Scores of a saved model on the validation split of `cfg`'s dataset (class names must match)."""
-    from kdlab.checkpoint import model_from_checkpoint, resolve_checkpoint_path
+    from kdlab.checkpoint import model_from_state, resolve_checkpoint_path
 
     path = resolve_checkpoint_path(checkpoint)
     device = resolve_device(cfg.train.device)
     _, val_set, meta = build_data(cfg)
-    model, state = model_from_checkpoint(path)
+    state = load_checkpoint(path)
     check_dataset_match(state, meta, path)
+    model = model_from_state(state, path)
     scores = evaluate(model.to(device), val_set, cfg, device, meta["num_classes"], progress)
     if out is not None:
         atomic_write_text(out, json.dumps({"checkpoint": str(path), "class_names": meta["class_names"], **scores},

@@ -27,3 +27,16 @@ def tiny_overrides(tiny_data_root, tmp_path):
             "model.arch=PSPNet", "model.encoder=resnet18", "model.encoder_depth=3",
             "train.iterations=4", "train.batch_size=2", "train.eval_interval=0",
             "train.checkpoint_interval=2", "train.log_interval=1", "eval.batch_size=6"]
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tiny_data_root, tmp_path_factory):
+    """A DeepLabV3+-ResNet18 teacher trained for a few iterations on the tiny benchmark."""
+    from kdlab.config import load_config
+    from kdlab.engine import train
+
+    out = tmp_path_factory.mktemp("teacher-runs")
+    cfg = load_config(["configs/teacher.yaml"], [f"data.root={tiny_data_root}", *TINY_DATA, f"out_dir={out}",
+                                                 "model.encoder=resnet18", "train.iterations=3", "train.batch_size=4",
+                                                 "train.eval_interval=0"])
+    return train(cfg, progress=False)

@@ -52,3 +52,9 @@ def test_resolved_config_round_trips_through_yaml():
     cfg = load_config([], ["name=x", "train.grad_clip=2.5", "model.output_stride=8"])
     again = config_from_dict(yaml.safe_load(dump_config(cfg)))
     assert config_to_dict(again) == config_to_dict(cfg)
+
+
+def test_exponent_without_dot_is_a_float():
+    assert load_config([], ["train.lr=1e-4"]).train.lr == 1e-4
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_config([], ["train.lr=fast"])

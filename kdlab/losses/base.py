@@ -127,6 +127,10 @@ class DistillMethod(nn.Module):
     def terms(self, student: dict, teacher: dict, batch: dict, step: Step) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def schedule(self, step: Step) -> float:
+        """A factor on all of this method's weights at `step` (1 unless the method has a schedule)."""
+        return 1.0
+
 
 REGISTRY: dict[str, type[DistillMethod]] = {}
 

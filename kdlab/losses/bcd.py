@@ -33,7 +33,7 @@ def _frozen(module: nn.Module) -> nn.Module:
 class BoundaryContextDistillation(DistillMethod):
     """Boundary affinities (Eq. 2–3) and context relations (Eq. 4–5) of fused features.
 
-    Terms are multiplied by r(t) = 1 − (t−1)/t_max (Eq. 8) when `decay` is on. With
+    The weights are multiplied by r(t) = 1 − (t−1)/t_max (Eq. 8) when `decay` is on. With
     `adaptive_temperature`, τ starts at 1 and is multiplied by 1.05 whenever the range of the
     teacher's boundary affinities in the batch exceeds 0.5 (BCD Sec. IV-A); τ is logged.
     """
@@ -69,7 +69,6 @@ class BoundaryContextDistillation(DistillMethod):
 
     def terms(self, student, teacher, batch, step):
         s, t = self.fused(student, teacher, batch["image"])
-        r = step.decay if self.decay else 1.0
         out = {}
         if self.use_boundary:
             s_aff = KF.bcd_boundary_affinity(self.boundary_maps(s, "student"), self.radius)
@@ -77,12 +76,15 @@ class BoundaryContextDistillation(DistillMethod):
                 t_aff = KF.bcd_boundary_affinity(self.boundary_maps(t, "teacher"), self.radius)
             self._adapt_temperature(t_aff)
             valid = KF.bcd_affinity_valid_mask(*s.shape[-2:], self.radius, device=s.device)
-            out["boundary"] = r * KF.boundary_kd(s_aff, t_aff, float(self.temperature), valid)
+            out["boundary"] = KF.boundary_kd(s_aff, t_aff, float(self.temperature), valid)
         if self.use_context:
-            out["context"] = r * KF.context_relation_kd(self.student_relation(s), t, float(self.temperature),
+            out["context"] = KF.context_relation_kd(self.student_relation(s), t, float(self.temperature),
                                                         self.max_block_elems)
         out["temperature"] = self.temperature.clone()
         return out
+
+    def schedule(self, step):
+        return step.decay if self.decay else 1.0
 
     def _adapt_temperature(self, teacher_affinity: torch.Tensor) -> None:
         if self.adaptive and self.training and float(teacher_affinity.max() - teacher_affinity.min()) > 0.5:

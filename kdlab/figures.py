@@ -1,0 +1,124 @@
+"""`make figures`: run every notebook headlessly through papermill, in dependency order.
+
+    python -m kdlab.figures --profile default [--only 02_comparison] [--runs-root runs]
+
+Each notebook gets the parameters ``profile``, ``runs_root``, ``figures_dir`` and ``device``;
+executed copies go to ``<runs_root>/<profile>/notebooks/``. Training is cached by
+`kdlab.pipeline`, so a re-run only redoes what changed. A failing notebook stops the
+notebooks that depend on it (named with its failing cell); the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kdlab.errors import KdlabError
+from kdlab.pipeline import load_profile
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+# notebook -> notebooks it needs (their runs and checkpoints).
+DEPENDENCIES: dict[str, list[str]] = {
+    "01_train": [],
+    "02_comparison": ["01_train"],
+    "03_uncertainty": ["01_train"],
+    "04_cam": ["01_train"],
+    "05_per_class": ["01_train"],
+    "06_boundaries": ["01_train"],
+    "07_ablations": [],
+    "08_explorer": ["01_train"],
+}
+
+
+@dataclass
+class Outcome:
+    notebook: str
+    status: str  # "ok", "failed", "skipped"
+    seconds: float = 0.0
+    detail: str = ""
+
+
+def _kernel_environment() -> None:
+    """Kernels must run this interpreter (the one with kdlab), whatever PATH says."""
+    bin_dir = str(Path(sys.executable).parent)
+    os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def execute(notebook: str, parameters: dict, out_dir: Path) -> Outcome:
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    source = NOTEBOOK_DIR / f"{notebook}.ipynb"
+    target = out_dir / f"{notebook}.ipynb"
+    tic = time.perf_counter()
+    try:
+        papermill.execute_notebook(str(source), str(target), parameters=parameters, kernel_name="python3",
+                                   progress_bar=False, cwd=str(NOTEBOOK_DIR.parent))
+    except PapermillExecutionError as err:
+        detail = f"cell {err.exec_count}: {err.ename}: {str(err.evalue).splitlines()[0] if err.evalue else ''}"
+        return Outcome(notebook, "failed", time.perf_counter() - tic, f"{detail} (executed copy: {target})")
+    return Outcome(notebook, "ok", time.perf_counter() - tic)
+
+
+def run_notebooks(profile: str, runs_root: str = "runs", figures_dir: str | None = None, device: str = "auto",
+                  only: list[str] | None = None) -> list[Outcome]:
+    prof = load_profile(profile, runs_root, figures_dir)
+    out_dir = prof.runs_dir / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _kernel_environment()
+    parameters = {"profile": profile, "runs_root": str(runs_root), "figures_dir": prof.figures_dir,
+                  "device": device}
+    selected = only or list(DEPENDENCIES)
+    unknown = set(selected) - set(DEPENDENCIES)
+    if unknown:
+        raise KdlabError(f"--only: unknown notebook(s) {sorted(unknown)}; notebooks: {list(DEPENDENCIES)}")
+    outcomes: dict[str, Outcome] = {}
+    for index, notebook in enumerate(selected, 1):
+        broken = [d for d in DEPENDENCIES[notebook] if d in outcomes and outcomes[d].status != "ok"]
+        if broken:
+            outcomes[notebook] = Outcome(notebook, "skipped", detail=f"needs {broken[0]}, which did not finish")
+        else:
+            print(f"[{index}/{len(selected)}] {notebook} ...", flush=True)
+            outcomes[notebook] = execute(notebook, parameters, out_dir)
+        o = outcomes[notebook]
+        print(f"[{index}/{len(selected)}] {notebook}: {o.status} ({o.seconds:.0f} s) {o.detail}".rstrip(), flush=True)
+    return list(outcomes.values())
+
+
+def summarise(outcomes: list[Outcome], figures_dir: Path, since: float) -> str:
+    produced = sorted(p for p in figures_dir.rglob("*") if p.is_file() and p.stat().st_mtime >= since)
+    lines = ["", "Summary:"]
+    lines += [f"  {o.notebook:16s} {o.status:8s} {o.seconds:7.0f} s  {o.detail}".rstrip() for o in outcomes]
+    lines.append(f"  {len(produced)} files written under {figures_dir}/:")
+    lines += [f"    {p.relative_to(figures_dir)}" for p in produced]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kdlab.figures", description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="default", help="quick | default | full | a profile YAML path")
+    parser.add_argument("--runs-root", default="runs")
+    parser.add_argument("--figures-dir", help="where figures and tables go (default: the profile's)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--only", nargs="*", help="run only these notebooks (e.g. 02_comparison)")
+    args = parser.parse_args(argv)
+    tic, since = time.perf_counter(), time.time()
+    try:
+        outcomes = run_notebooks(args.profile, args.runs_root, args.figures_dir, args.device, args.only)
+        figures_dir = Path(load_profile(args.profile, args.runs_root, args.figures_dir).figures_dir)
+    except KdlabError as err:
+        print(f"kdlab.figures: error: {err}", file=sys.stderr)
+        return 2
+    print(summarise(outcomes, figures_dir, since))
+    print(f"  total wall time: {(time.perf_counter() - tic) / 60:.1f} min (profile {args.profile})")
+    return 0 if all(o.status == "ok" for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""Experiment profiles and cached runs: what `make figures` trains, reused when nothing changed.
+
+A profile (``configs/profiles/<name>.yaml``) is configuration only::
+
+    base: [data.image_size=128, ...]          # overrides applied to every run
+    teacher: {config: configs/teacher.yaml, overrides: [...]}
+    student: {config: configs/student.yaml, overrides: [...]}
+    seeds: [0, 1]                             # seeds of the student baseline and each recipe
+    recipes: [kd, cwd, bpkd_embedded, ...]    # the method comparison
+    ablations: {bpkd_table4: [bpkd_prm, ...], ...}   # groups of recipes
+    ablation: {seeds: [0], overrides: [train.iterations=300]}   # shorter schedules for ablations
+
+Runs live in ``<runs_root>/<profile>/<run name>``. `ensure_run` reuses a finished run whose
+resolved config (and recipe) is unchanged, resumes an unfinished one, and retrains one whose
+config changed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+
+import yaml
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kdlab.config import RunConfig, config_from_dict, load_config, read_yaml
+from kdlab.distill import distill_objective, recipe_path
+from kdlab.engine import RunDir, supervised_objective, train
+from kdlab.errors import ConfigError
+from kdlab.runtime import atomic_write_text
+
+PROFILE_DIR = Path(__file__).resolve().parent.parent / "configs" / "profiles"
+_PROFILE_KEYS = {"description", "base", "teacher", "student", "seeds", "recipes", "ablations", "ablation",
+                 "figures_dir", "analysis"}
+
+
+@dataclass
+class RunSpec:
+    config: str
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Profile:
+    name: str
+    base: list[str]
+    teacher: RunSpec
+    student: RunSpec
+    seeds: list[int]
+    recipes: list[str]
+    ablations: dict[str, list[str]]
+    ablation_seeds: list[int]
+    ablation_overrides: list[str]
+    figures_dir: str
+    analysis: dict
+    runs_root: Path = Path("runs")
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.runs_root / self.name
+
+
+def profile_path(profile: str) -> Path:
+    path = Path(profile)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    candidate = PROFILE_DIR / f"{profile}.yaml"
+    if not candidate.is_file():
+        names = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+        raise ConfigError(f"profile: no profile named {profile!r}; available: {names}")
+    return candidate
+
+
+def load_profile(profile: str, runs_root: str | Path = "runs", figures_dir: str | None = None,
+                 device: str = "auto") -> Profile:
+    path = profile_path(profile)
+    tree = read_yaml(path)
+    unknown = set(tree) - _PROFILE_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; valid: {sorted(_PROFILE_KEYS)}")
+    for key in ("teacher", "student"):
+        if not isinstance(tree.get(key), dict) or "config" not in tree[key]:
+            raise ConfigError(f"{path}: '{key}' needs a 'config' entry")
+    ablation = tree.get("ablation", {})
+    return Profile(
+        name=path.stem, base=[*tree.get("base", []), f"train.device={device}"],
+        teacher=RunSpec(**tree["teacher"]), student=RunSpec(**tree["student"]),
+        seeds=list(tree.get("seeds", [0])), recipes=list(tree.get("recipes", [])),
+        ablations=dict(tree.get("ablations", {})), ablation_seeds=list(ablation.get("seeds", [0])),
+        ablation_overrides=list(ablation.get("overrides", [])),
+        figures_dir=figures_dir or tree.get("figures_dir", "figures"), analysis=dict(tree.get("analysis", {})),
+        runs_root=Path(runs_root),
+    )
+
+
+def run_config(profile: Profile, spec: RunSpec, name: str, overrides: list[str] = ()) -> RunConfig:
+    return load_config([spec.config], [*profile.base, *spec.overrides, f"name={name}",
+                                       f"out_dir={profile.runs_dir}", *overrides])
+
+
+def teacher_config(profile: Profile) -> RunConfig:
+    return run_config(profile, profile.teacher, "teacher")
+
+
+def student_config(profile: Profile, seed: int, recipe: str | None = None, overrides: list[str] = (),
+                   label: str | None = None) -> RunConfig:
+    """The student baseline (recipe None) or a distilled student, for one seed; `label` names the run."""
+    name = f"{label or recipe or 'baseline'}-s{seed}"
+    extra = [f"train.seed={seed}", *overrides]
+    if recipe:
+        extra += [f"distill.recipe={recipe}", f"distill.teacher={profile.runs_dir / 'teacher'}"]
+    return run_config(profile, profile.student, name, extra)
+
+
+def _recipe_text(cfg: RunConfig) -> str:
+    return recipe_path(cfg.distill.recipe).read_text() if cfg.distill.recipe else ""
+
+
+def run_state(cfg: RunConfig) -> str:
+    """'done' (reusable), 'partial' (same config, unfinished), 'stale' (config changed) or 'new'."""
+    run = RunDir(cfg.run_dir)
+    if not run.config.exists():
+        return "new"
+    recipe_file = run.path / "recipe.yaml"
+    same_recipe = (recipe_file.read_text() if recipe_file.exists() else "") == _recipe_text(cfg)
+    if config_from_dict(read_yaml(run.config)) != cfg or not same_recipe:
+        return "stale"
+    if run.results.exists():
+        return "done"
+    return "partial" if run.checkpoint.exists() else "stale"
+
+
+def ensure_run(cfg: RunConfig, progress: bool = True) -> Path:
+    """Train the run described by `cfg` unless an identical finished run exists; returns its directory."""
+    state = run_state(cfg)
+    if state == "done":
+        return cfg.run_dir
+    if state == "stale":
+        shutil.rmtree(cfg.run_dir)
+    factory = distill_objective if cfg.distill.recipe else supervised_objective
+    return train(cfg, resume=state == "partial", objective_factory=factory, progress=progress)
+
+
+def ensure_teacher(profile: Profile, progress: bool = True) -> Path:
+    return ensure_run(teacher_config(profile), progress)
+
+
+def ensure_students(profile: Profile, recipes: dict[str, str | None], seeds: list[int], overrides: list[str] = (),
+                    progress: bool = True) -> dict[tuple[str, int], Path]:
+    """Students for every (label → recipe, seed), recipe None = the baseline; the teacher first if needed."""
+    if any(recipes.values()):
+        ensure_teacher(profile, progress)
+    runs = {}
+    for label, recipe in recipes.items():
+        for seed in seeds:
+            cfg = student_config(profile, seed, recipe, overrides, label)
+            runs[(label, seed)] = ensure_run(cfg, progress)
+    return runs
+
+
+def ensure_comparison(profile: Profile, progress: bool = True) -> dict[tuple[str, int], Path]:
+    """Teacher, student baseline and every recipe of the profile's method comparison."""
+    recipes = {"baseline": None, **{name: name for name in profile.recipes}}
+    return ensure_students(profile, recipes, profile.seeds, progress=progress)
+
+
+def ensure_ablation(profile: Profile, group: str, progress: bool = True) -> dict[tuple[str, int], Path]:
+    """One ablation group (plus a baseline on the same shorter schedule), named `ablation-<group>/...`."""
+    if group not in profile.ablations:
+        raise ConfigError(f"profile {profile.name!r}: no ablation group {group!r}; groups: {sorted(profile.ablations)}")
+    overrides = [*profile.ablation_overrides, f"out_dir={profile.runs_dir / 'ablations'}"]
+    recipes = {"baseline": None, **ablation_recipes(profile, group)}
+    return ensure_students(profile, recipes, profile.ablation_seeds, overrides, progress)
+
+
+def ablation_recipes(profile: Profile, group: str) -> dict[str, str]:
+    """label → recipe of an ablation group: a list of recipe names, or a sweep
+    ``{base: bpkd, vary: {options.edge_width: [3, 5, 7]}}`` over the first method of a recipe."""
+    spec = profile.ablations[group]
+    if isinstance(spec, list):
+        return {name: name for name in spec}
+    if not isinstance(spec, dict) or set(spec) != {"base", "vary"} or len(spec["vary"]) != 1:
+        raise ConfigError(f"profile {profile.name!r}: ablations.{group} must be a list of recipes or "
+                          f"{{base: recipe, vary: {{key: [values]}}}}")
+    (key, values), = spec["vary"].items()
+    return {f"{spec['base']}@{key.split('.')[-1]}={value}": str(derived_recipe(profile, spec["base"], key, value))
+            for value in values}
+
+
+def derived_recipe(profile: Profile, base: str, key: str, value) -> Path:
+    """A copy of recipe `base` with `key` (dotted, inside its first method entry) set to `value`."""
+    tree = read_yaml(recipe_path(base))
+    node = tree["methods"][0]
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    tree["description"] = f"{tree.get('description', base)} [{key}={value}]"
+    path = profile.runs_dir / "recipes" / f"{base}@{key.split('.')[-1]}={value}.yaml"
+    text = yaml.safe_dump(tree, sort_keys=False)
+    if not path.exists() or path.read_text() != text:
+        atomic_write_text(path, text)
+    return path
+
+
+def read_results(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / "results.json"
+    if not path.exists():
+        raise ConfigError(f"{path}: run has no results (not finished)")
+    return json.loads(path.read_text())
+
+
+SUMMARY_METRICS = ("mIoU", "mAcc", "trimap_mIoU", "edge_pixel_accuracy", "body_mIoU")
+
+
+def summary_rows(runs: dict[tuple[str, int], Path], teacher: Path | None = None) -> list[dict]:
+    """One row per label: mean and std over seeds of each summary metric, and Δ mIoU vs the baseline."""
+    by_label: dict[str, list[dict]] = {}
+    if teacher is not None:
+        by_label["teacher"] = [read_results(teacher)]
+    for (label, _seed), run in runs.items():
+        by_label.setdefault(label, []).append(read_results(run))
+    rows = []
+    for label, results in by_label.items():
+        row = {"method": label, "seeds": len(results)}
+        for metric in SUMMARY_METRICS:
+            values = [r[metric] for r in results if r.get(metric) is not None]
+            row[metric] = statistics.fmean(values) if values else float("nan")
+            row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else float("nan")
+        rows.append(row)
+    baseline = next((r["mIoU"] for r in rows if r["method"] == "baseline"), float("nan"))
+    for row in rows:
+        row["delta_mIoU"] = row["mIoU"] - baseline
+    return rows

@@ -1,0 +1,117 @@
+"""Distillation runs: every shipped recipe trains, logs its terms and lowers them; bad input fails early."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdlab.config import load_config
+from kdlab.distill import RECIPE_DIR, distill_objective, load_recipe
+from kdlab.engine import NonFiniteLoss, build_data, train
+from kdlab.errors import CheckpointError, ConfigError
+from kdlab.models import build_model
+
+RECIPES = sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+# Terms that a run is not expected to lower: the adversarial ones and the logged temperature.
+NOT_MONOTONE = ("holistic", "critic", "temperature")
+
+
+def _fixed_batch_overrides(tiny_overrides, teacher, recipe, iterations):
+    """Four images, no scaling: each step sees the same images, so distillation terms must fall."""
+    return tiny_overrides + [f"distill.teacher={teacher}", f"distill.recipe={recipe}", f"name={recipe}",
+                             "data.scale_min=1.0", "data.scale_max=1.0", "train.batch_size=4",
+                             f"train.iterations={iterations}", "train.checkpoint_interval=1000",
+                             "train.lr=0.01", "train.grad_clip=1.0", "data.num_train=4"]
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_each_recipe_trains_and_lowers_its_distillation_terms(recipe, tiny_overrides, tiny_teacher, tmp_path):
+    from kdlab.data import ensure_embedded
+
+    root = tmp_path / "four"
+    ensure_embedded(root, seed=1, image_size=64, num_train=4, num_val=2, progress=False)
+    overrides = _fixed_batch_overrides(tiny_overrides, tiny_teacher, recipe, 8) + [f"data.root={root}",
+                                                                                   "data.num_val=2"]
+    run = train(load_config(["configs/student.yaml"], overrides), objective_factory=distill_objective,
+                progress=False)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 8 and (run / "results.json").exists()
+    assert (run / "recipe.yaml").read_text() == (RECIPE_DIR / f"{recipe}.yaml").read_text()
+    weights = {term: entry["weight"] for term, entry in json.loads((run / "start_terms.json").read_text()).items()}
+    fixed = [sum(w * r[term] for term, w in weights.items() if not term.endswith(NOT_MONOTONE)) for r in log]
+    assert min(fixed[-3:]) < fixed[0], f"weighted distillation terms did not fall: {fixed}"
+    assert log[0]["loss"] == pytest.approx(log[0]["ce"] + log[0]["kd"], rel=1e-5)
+
+
+def test_teacher_is_frozen_and_student_gets_gradients(tiny_overrides, tiny_teacher):
+    cfg = load_config(["configs/student.yaml"], tiny_overrides + [f"distill.teacher={tiny_teacher}",
+                                                                 "distill.recipe=bpkd_bcd"])
+    _, _, meta = build_data(cfg)
+    student = build_model(cfg.model, meta["num_classes"])
+    objective = distill_objective(cfg, student, meta, torch.device("cpu")).train()
+    assert not objective.teacher.training
+    before = {k: v.clone() for k, v in objective.teacher.state_dict().items()}
+    images, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 9, (2, 64, 64))
+    terms = objective(student.forward_taps(images, objective.student_taps), {"image": images, "label": labels}, 1)
+    terms["loss"].backward()
+    assert all(p.grad is None for p in objective.teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    bcd = objective.methods["bcd"]
+    assert bcd.student_fusion.fuse.weight.grad is not None and bcd.teacher_fusion.fuse.weight.grad is None
+    assert all(torch.equal(before[k], v) for k, v in objective.teacher.state_dict().items())
+
+
+def test_cnn_teacher_distils_into_a_transformer_student(tiny_overrides, tiny_teacher):
+    overrides = tiny_overrides + [f"distill.teacher={tiny_teacher}", "distill.recipe=bpkd_bcd", "name=segformer",
+                                  "model.arch=Segformer", "model.encoder=mit_b0", "model.encoder_depth=null",
+                                  "train.iterations=2"]
+    run = train(load_config(["configs/student.yaml"], overrides), objective_factory=distill_objective, progress=False)
+    assert (run / "results.json").exists()
+
+
+@pytest.mark.parametrize("recipe_text, message", [
+    ("methods:\n  - method: telepathy\n", "unknown method 'telepathy'"),
+    ("methods:\n  - method: kd\n    options: {temprature: 2}\n", "unknown option"),
+    ("methods:\n  - method: kd\n    taps: {logits: stage9}\n", "no tap 'stage9'"),
+    ("methods:\n  - method: bpkd\n    term_weights: {edges: 5}\n", "unknown term"),
+    ("methods: []\n", "non-empty"),
+])
+def test_bad_recipes_fail_before_training(recipe_text, message, tiny_overrides, tiny_teacher, tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(recipe_text)
+    cfg = load_config(["configs/student.yaml"], tiny_overrides + [f"distill.teacher={tiny_teacher}",
+                                                                 f"distill.recipe={recipe}", "name=bad"])
+    with pytest.raises(ConfigError, match=message):
+        train(cfg, objective_factory=distill_objective, progress=False)
+    assert not cfg.run_dir.exists()
+
+
+def test_teacher_from_another_dataset_is_refused(tiny_overrides, tiny_teacher, tmp_path):
+    state = torch.load(Path(tiny_teacher) / "checkpoints" / "last.pt", weights_only=True)
+    state["dataset"]["class_names"] = [f"c{i}" for i in range(9)]
+    torch.save(state, tmp_path / "other.pt")
+    cfg = load_config(["configs/student.yaml"], tiny_overrides + [f"distill.teacher={tmp_path / 'other.pt'}",
+                                                                 "distill.recipe=kd"])
+    with pytest.raises(CheckpointError, match="other class names"):
+        train(cfg, objective_factory=distill_objective, progress=False)
+
+
+def test_nan_term_stops_with_iteration_and_term_named(tiny_overrides, tiny_teacher):
+    cfg = load_config(["configs/student.yaml"], tiny_overrides + [f"distill.teacher={tiny_teacher}",
+                                                                 "distill.recipe=kd", "train.lr=1e30", "name=nan"])
+    with pytest.raises(NonFiniteLoss, match=r"iteration \d+: loss term '[a-z.]+'"):
+        train(cfg, objective_factory=distill_objective, progress=False)
+
+
+def test_warmup_ramps_distillation_weight(tiny_overrides, tiny_teacher):
+    cfg = load_config(["configs/student.yaml"], tiny_overrides + [f"distill.teacher={tiny_teacher}",
+                                                                 "distill.recipe=kd", "distill.warmup_iters=4"])
+    _, _, meta = build_data(cfg)
+    objective = distill_objective(cfg, build_model(cfg.model, meta["num_classes"]), meta, torch.device("cpu"))
+    assert [objective.ramp(i) for i in (1, 2, 4, 9)] == [0.25, 0.5, 1.0, 1.0]
+
+
+def test_every_shipped_recipe_names_registered_methods():
+    for recipe in RECIPES:
+        assert load_recipe(recipe)
