@@ -1,0 +1,70 @@
+"""Cached runs: a finished run is reused, an unfinished one resumed, a changed one retrained."""
+
+import json
+
+import pytest
+
+from kdlab import pipeline
+from kdlab.errors import ConfigError
+
+
+@pytest.fixture
+def profile(tmp_path, tiny_data_root):
+    text = f"""
+base: [data.root={tiny_data_root}, data.image_size=64, data.crop_size=64, data.num_train=24, data.num_val=6,
+       train.batch_size=2, train.eval_interval=0, train.checkpoint_interval=1, eval.batch_size=6]
+teacher: {{config: configs/teacher.yaml, overrides: [train.iterations=2, model.encoder=resnet18]}}
+student: {{config: configs/student.yaml, overrides: [train.iterations=2]}}
+seeds: [0, 1]
+recipes: [kd]
+ablation: {{seeds: [0], overrides: [train.iterations=1]}}
+ablations:
+  widths: {{base: bpkd, vary: {{options.edge_width: [3, 5]}}}}
+"""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(text)
+    return pipeline.load_profile(str(path), runs_root=tmp_path / "runs")
+
+
+def _mtime(run):
+    return (run / "results.json").stat().st_mtime_ns
+
+
+def test_comparison_runs_are_trained_once_and_reused(profile):
+    runs = pipeline.ensure_comparison(profile, progress=False)
+    assert set(runs) == {("baseline", 0), ("baseline", 1), ("kd", 0), ("kd", 1)}
+    stamps = {key: _mtime(run) for key, run in runs.items()}
+    again = pipeline.ensure_comparison(profile, progress=False)
+    assert {key: _mtime(run) for key, run in again.items()} == stamps
+    rows = pipeline.summary_rows(runs, profile.runs_dir / "teacher")
+    assert [r["method"] for r in rows] == ["teacher", "baseline", "kd"]
+    baseline = [json.loads((runs[("baseline", s)] / "results.json").read_text())["mIoU"] for s in (0, 1)]
+    assert rows[1]["mIoU"] == pytest.approx(sum(baseline) / 2)
+    assert rows[1]["delta_mIoU"] == 0 and rows[2]["seeds"] == 2
+
+
+def test_changed_config_retrains_and_unfinished_run_resumes(profile):
+    cfg = pipeline.student_config(profile, seed=0)
+    assert pipeline.run_state(cfg) == "new"
+    pipeline.ensure_run(cfg, progress=False)
+    assert pipeline.run_state(cfg) == "done"
+    changed = pipeline.student_config(profile, seed=0, overrides=["train.lr=0.02"])
+    assert pipeline.run_state(changed) == "stale"
+    (cfg.run_dir / "results.json").unlink()
+    assert pipeline.run_state(cfg) == "partial"
+    pipeline.ensure_run(cfg, progress=False)
+    assert pipeline.run_state(cfg) == "done"
+
+
+def test_sweep_ablation_derives_one_recipe_per_value(profile):
+    recipes = pipeline.ablation_recipes(profile, "widths")
+    assert list(recipes) == ["bpkd@edge_width=3", "bpkd@edge_width=5"]
+    text = open(recipes["bpkd@edge_width=5"]).read()
+    assert "edge_width: 5" in text
+    with pytest.raises(ConfigError, match="no ablation group"):
+        pipeline.ensure_ablation(profile, "nope")
+
+
+def test_unknown_profile_lists_the_available_ones():
+    with pytest.raises(ConfigError, match="quick"):
+        pipeline.load_profile("nonexistent")
