@@ -167,19 +167,32 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({err.problem})") from err
 
 
-def read_yaml(path: str | Path) -> dict:
+def read_yaml(path: str | Path, error: type[Exception] = ConfigError) -> dict:
+    """A YAML mapping read with `safe_load`; a missing or malformed file raises `error` naming it."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise error(f"{path}: file not found")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML ({getattr(err, 'problem', err)})") from err
+        raise error(f"{path}: invalid YAML ({getattr(err, 'problem', err)})") from err
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+        raise error(f"{path}: expected a mapping at the top level")
     return data
+
+
+def named_yaml(name: str, directory: Path, option: str) -> Path:
+    """`name` itself when it is a YAML path, else ``directory/<name>.yaml`` (the valid names listed if missing)."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    candidate = directory / f"{name}.yaml"
+    if not candidate.is_file():
+        names = sorted(p.stem for p in directory.glob("*.yaml"))
+        raise ConfigError(f"{option}: no file named {name!r} in {directory.name}/; available: {names}")
+    return candidate
 
 
 def load_config(paths: list[str | Path] = (), overrides: list[str] = ()) -> RunConfig:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlab.checkpoint import check_dataset_match, load_checkpoint, model_from_state, resolve_checkpoint_path
-from kdlab.config import RunConfig, read_yaml
+from kdlab.config import RunConfig, named_yaml, read_yaml
 from kdlab.errors import ConfigError
 from kdlab.losses import REGISTRY, MethodContext, Step, build_method
 from kdlab.models.zoo import SegModel
@@ -48,14 +48,7 @@ class RecipeEntry:
 
 def recipe_path(recipe: str) -> Path:
     """A recipe file path, or the name of a file in configs/recipes/."""
-    path = Path(recipe)
-    if path.suffix in (".yaml", ".yml"):
-        return path
-    candidate = RECIPE_DIR / f"{recipe}.yaml"
-    if not candidate.is_file():
-        names = sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
-        raise ConfigError(f"distill.recipe: no recipe named {recipe!r}; shipped recipes: {names}")
-    return candidate
+    return named_yaml(recipe, RECIPE_DIR, "distill.recipe")
 
 
 def load_recipe(recipe: str) -> list[RecipeEntry]:

@@ -25,7 +25,7 @@ import yaml
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdlab.config import RunConfig, config_from_dict, load_config, read_yaml
+from kdlab.config import RunConfig, config_from_dict, load_config, named_yaml, read_yaml
 from kdlab.distill import distill_objective, recipe_path
 from kdlab.engine import RunDir, supervised_objective, train
 from kdlab.errors import ConfigError
@@ -63,14 +63,7 @@ class Profile:
 
 
 def profile_path(profile: str) -> Path:
-    path = Path(profile)
-    if path.suffix in (".yaml", ".yml"):
-        return path
-    candidate = PROFILE_DIR / f"{profile}.yaml"
-    if not candidate.is_file():
-        names = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
-        raise ConfigError(f"profile: no profile named {profile!r}; available: {names}")
-    return candidate
+    return named_yaml(profile, PROFILE_DIR, "profile")
 
 
 def load_profile(profile: str, runs_root: str | Path = "runs", figures_dir: str | None = None,

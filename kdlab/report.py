@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -349,6 +350,7 @@ def entropy_scatter_figure(points: Sequence[Mapping]) -> Figure:
                         xytext=(4, 3), fontsize="x-small")
         ax.set_xlabel("mean first-layer entropy (nats)")
         ax.set_title(f"Entropy over {title}", fontsize="medium")
+        ax.margins(x=0.2, y=0.1)  # room for the labels
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("edge-pixel accuracy")
     return fig
@@ -498,6 +500,16 @@ def decoupled_logits(logits: torch.Tensor, soft_masks: torch.Tensor) -> tuple[to
     return (logits * soft_masks).amax(dim=1), (logits * body_mask).amax(dim=1)
 
 
+def decoupled_logit_maps(teacher: SegModel, samples: Samples, edge_width: int = 7) -> dict[str, torch.Tensor]:
+    """Title → N×h×w map: the teacher's max logit at the logit size (``head_logits``), and its
+    edge and body parts under the soft GT edge masks of ``samples`` (`decoupled_logits`)."""
+    logits = forward_taps(teacher, samples.images, ("head_logits",))["head_logits"]
+    _binary, soft = edge_masks(samples.labels, logits.shape[1], logits.shape[-2:], edge_width, samples.ignore_index)
+    edge, body = decoupled_logits(logits, soft.to(logits.device))
+    return {"Teacher max logit $\\max_c Z$": logits.amax(dim=1), "Edge part $\\max_c Z \\odot M_E$": edge,
+            "Body part $\\max_c Z \\odot (1-\\max_c M_E)$": body}
+
+
 def objective_from_run(run_dir: str | Path, device: str | torch.device = "auto") -> tuple[SegModel, DistillObjective]:
     """The student and the trained distillation objective of a distilled run (its teacher, BCD's
     fusion and boundary heads, SKD's discriminator, ...), both in eval mode on ``device``."""
@@ -627,6 +639,13 @@ def edge_error_overlay(rgb: np.ndarray, pred, label, width: int = DEFAULT_BAND_W
     return np.where(band[..., None], colour, grey).astype(np.uint8)
 
 
+def _class_legend(ax, samples: Samples, label) -> None:
+    """A legend, below ``ax``, of the classes present in ``label``."""
+    present = [c for c in np.unique(np.asarray(label)) if c != samples.ignore_index]
+    ax.legend(handles=[Patch(color=samples.palette[c] / 255, label=samples.class_names[c]) for c in present],
+              loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize="x-small", frameon=False)
+
+
 def explorer_figure(data: ExplorerData, index: int = 0, model: str | None = None, overlay: str = "prediction") -> Figure:
     """One image of the explorer: the image, its ground truth, and ``overlay`` (one of OVERLAYS) for ``model``."""
     samples = data.samples
@@ -641,6 +660,7 @@ def explorer_figure(data: ExplorerData, index: int = 0, model: str | None = None
     fig, axes = _figure(1, 3, width=3.0, height=3.0)
     axes[0, 0].imshow(rgb)
     axes[0, 1].imshow(colorize(samples.labels[index], samples.palette, samples.ignore_index))
+    _class_legend(axes[0, 1], samples, samples.labels[index])
     view, title = axes[0, 2], f"{model}: {overlay}"
     if overlay == "prediction":
         view.imshow(overlay_boundaries(rgb, pred, samples.palette, ignore_index=samples.ignore_index))

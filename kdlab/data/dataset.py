@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import yaml
 from PIL import Image, UnidentifiedImageError
 
+from kdlab.config import read_yaml
 from kdlab.errors import DataError
 
 LAYOUT = "{root}/dataset.yaml, {root}/<split>/images/<id>.png, {root}/<split>/labels/<id>.png"
@@ -23,11 +23,8 @@ def read_meta(root: Path) -> dict:
     path = root / "dataset.yaml"
     if not path.is_file():
         raise DataError(f"dataset root '{root}' not found or incomplete; expected {LAYOUT.format(root=root)}")
-    try:
-        meta = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise DataError(f"{path}: invalid YAML ({getattr(err, 'problem', err)})") from err
-    missing = [k for k in _META_KEYS if not isinstance(meta, dict) or k not in meta]
+    meta = read_yaml(path, error=DataError)
+    missing = [k for k in _META_KEYS if k not in meta]
     if missing:
         raise DataError(f"{path}: missing key(s) {missing}")
     return meta
