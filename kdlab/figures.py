@@ -47,7 +47,6 @@ def _kernel_environment() -> None:
     """Kernels must run this interpreter (the one with kdlab), whatever PATH says."""
     bin_dir = str(Path(sys.executable).parent)
     os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
-    os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 def execute(notebook: str, parameters: dict, out_dir: Path) -> Outcome:

@@ -57,6 +57,7 @@ METRIC_TITLES = {"mIoU": "mIoU", "mAcc": "mAcc", "trimap_mIoU": "Trimap mIoU (ba
 # Log entries that are not loss terms (BCD logs its temperature τ as "bcd.temperature").
 NOT_LOSS_TERMS = ("iteration", "lr", "time_s", "grad_norm", "temperature")
 OVERLAYS = ("prediction", "edges", "entropy", "CAM")
+REFERENCE_LABELS = ("teacher", "baseline")
 
 
 # ---------------------------------------------------------------- runs, models, samples
@@ -140,7 +141,7 @@ def predictions(models: Mapping[str, SegModel], images: torch.Tensor) -> dict[st
     return {label: forward_taps(model, images)["logits"].argmax(1) for label, model in models.items()}
 
 
-# ---------------------------------------------------------------- comparison table (BPKD Table 1, BCD Table III, SKD Table 1)
+# ---------------------------------------------------------------- comparison (BPKD Table 1, BCD Table III, SKD Table 1)
 
 
 def _image_batch(model: nn.Module, image_size: int | Sequence[int]) -> torch.Tensor:
@@ -193,9 +194,11 @@ def comparison_table(runs: Mapping[tuple[str, int], Path], teacher: str | Path, 
 
 
 def label_colours(labels: Sequence[str]) -> dict[str, tuple]:
-    """One colour per label, the same in every figure of a notebook (tab10 in order)."""
+    """One tab10 colour per label: "teacher" and "baseline" always take the first two, the methods
+    the next ones in order, so a method keeps its colour in figures that leave those two out."""
+    ordered = [*REFERENCE_LABELS, *(label for label in labels if label not in REFERENCE_LABELS)]
     cmap = matplotlib.colormaps["tab10"]
-    return {label: cmap(index % cmap.N) for index, label in enumerate(labels)}
+    return {label: cmap(ordered.index(label) % cmap.N) for label in labels}
 
 
 def _figure(nrows: int, ncols: int, width: float = PANEL_INCHES, height: float = PANEL_INCHES):
@@ -234,15 +237,15 @@ def _as_float_array(values) -> np.ndarray:
 
 
 def _mean_std_over_seeds(values) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and sample std over the first axis, ignoring NaN (NaN where no finite value; std 0 for one)."""
+    """Mean and sample std over the first axis, ignoring NaN (NaN where no finite value, and the std
+    NaN where fewer than two, as in `kdlab.pipeline.summary_rows`)."""
     values = _as_float_array(values)
     finite = np.isfinite(values)
     counts = finite.sum(axis=0)
     zeroed = np.where(finite, values, 0.0)
     mean = np.where(counts > 0, zeroed.sum(axis=0) / np.maximum(counts, 1), np.nan)
     squares = np.where(finite, (values - mean) ** 2, 0.0).sum(axis=0)
-    std = np.where(counts > 1, np.sqrt(squares / np.maximum(counts - 1, 1)), 0.0)
-    return mean, np.where(counts > 0, std, np.nan)
+    return mean, np.where(counts > 1, np.sqrt(squares / np.maximum(counts - 1, 1)), np.nan)
 
 
 def trimap_curves(runs: Mapping[tuple[str, int], Path], teacher: str | Path | None = None) -> dict[str, dict]:
@@ -261,8 +264,8 @@ def trimap_curves_figure(curves: Mapping[str, Mapping]) -> Figure:
     fig, axes = _figure(1, 1, width=5.0, height=3.6)
     ax = axes[0, 0]
     for label, curve in curves.items():
-        ax.errorbar(curve["widths"], curve["mean"], yerr=curve["std"], marker="o", markersize=3, capsize=2,
-                    color=colours[label], label=label)
+        ax.errorbar(curve["widths"], curve["mean"], yerr=np.nan_to_num(curve["std"]), marker="o", markersize=3,
+                    capsize=2, color=colours[label], label=label)
     ax.set_xlabel("trimap band width (px)")
     ax.set_ylabel("trimap mIoU")
     ax.set_title("Trimap mIoU vs band width")
@@ -358,8 +361,7 @@ def entropy_scatter_figure(points: Sequence[Mapping]) -> Figure:
 
 def _resize_map(value, size: tuple[int, int]) -> np.ndarray:
     """An h×w map (tensor or array) bilinearly resized to ``size``, as a float64 array."""
-    tensor = torch.as_tensor(np.asarray(value.detach().cpu() if torch.is_tensor(value) else value,
-                                        dtype=np.float32))
+    tensor = torch.as_tensor(value).detach().float().cpu()
     if tuple(tensor.shape) != tuple(size):
         tensor = F.interpolate(tensor[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
     return tensor.numpy().astype(np.float64)
@@ -439,7 +441,7 @@ def cam_maps(models: Mapping[str, SegModel], images: torch.Tensor, category: int
             for label, model in models.items()}
 
 
-# ---------------------------------------------------------------- per-class scores (BPKD Fig. 6 / Table 8, SKD Fig. 4)
+# ---------------------------------------------------------------- per-class scores (BPKD Fig. 6, Table 8; SKD Fig. 4)
 
 
 def per_class_table(runs: Mapping[tuple[str, int], Path], teacher: str | Path | None = None,
@@ -452,7 +454,8 @@ def per_class_table(runs: Mapping[tuple[str, int], Path], teacher: str | Path | 
             for index, name in enumerate(class_names)]
 
 
-def gains_over(rows: Sequence[Mapping], reference: str = "baseline", exclude: Sequence[str] = ("teacher",)) -> list[dict]:
+def gains_over(rows: Sequence[Mapping], reference: str = "baseline",
+               exclude: Sequence[str] = ("teacher",)) -> list[dict]:
     """Per-class gain of every label of a `per_class_table` over ``reference`` (``exclude`` left out)."""
     if not rows or reference not in rows[0]:
         raise ValueError(f"reference: no column {reference!r} in rows")
@@ -495,7 +498,8 @@ def decoupled_logits(logits: torch.Tensor, soft_masks: torch.Tensor) -> tuple[to
     """BPKD's decoupling of N×C×h×w logits Z (Fig. 2a) shown as max-logit maps: the edge part
     ``max_c Z ⊙ M_E`` and the body part ``max_c Z ⊙ (1 − max_c M_E)`` (Eq. 4), each N×h×w."""
     if logits.shape != soft_masks.shape:
-        raise ValueError(f"soft_masks must have the logits' shape {tuple(logits.shape)}, got {tuple(soft_masks.shape)}")
+        raise ValueError(f"soft_masks must have the logits' shape {tuple(logits.shape)}, "
+                         f"got {tuple(soft_masks.shape)}")
     body_mask = 1 - soft_masks.amax(dim=1, keepdim=True)
     return (logits * soft_masks).amax(dim=1), (logits * body_mask).amax(dim=1)
 
@@ -646,7 +650,8 @@ def _class_legend(ax, samples: Samples, label) -> None:
               loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize="x-small", frameon=False)
 
 
-def explorer_figure(data: ExplorerData, index: int = 0, model: str | None = None, overlay: str = "prediction") -> Figure:
+def explorer_figure(data: ExplorerData, index: int = 0, model: str | None = None,
+                    overlay: str = "prediction") -> Figure:
     """One image of the explorer: the image, its ground truth, and ``overlay`` (one of OVERLAYS) for ``model``."""
     samples = data.samples
     model = next(iter(data.predictions)) if model is None else model

@@ -11,10 +11,20 @@ from kdlab import figures
 NOTEBOOKS = sorted(Path("notebooks").glob("*.ipynb"))
 # Figures (PNG + PDF) each notebook must produce on the quick profile.
 EXPECTED_FIGURES = {
+    "02_comparison": ["comparison", "trimap_curves", "training_curves"],
+    "03_uncertainty": ["entropy_maps", "entropy_vs_edge_accuracy"],
+    "04_cam": ["cam_hirescam", "cam_gradcam"],
+    "05_per_class": ["per_class_trimap_iou", "per_class_iou_gain"],
+    "06_boundaries": ["edge_masks_0", "decoupled_logits", "bcd_boundaries", "prediction_overlays", "qualitative",
+                      "skd_discriminator_scores"],
     "07_ablations": ["ablation_bpkd_edge_width", "ablation_bpkd_loss_weights"],
+    "08_explorer": ["explorer_snapshot"],
 }
 EXPECTED_TABLES = {
     "01_train": ["training_summary"],
+    "02_comparison": ["comparison"],
+    "03_uncertainty": ["entropy"],
+    "05_per_class": ["per_class_trimap_iou", "per_class_iou_gain"],
     "07_ablations": ["ablation_bpkd_table4", "ablation_bpkd_table3", "ablation_bcd_table1", "ablation_skd_table1",
                      "ablation_ppd_table3"],
 }

@@ -1,0 +1,314 @@
+"""kdlab.report on tiny runs: tables from results written by the test, costs, maps, figures."""
+
+import dataclasses
+import json
+import math
+import shutil
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+
+from kdlab import report
+from kdlab.analysis import first_layer_entropy
+from kdlab.checkpoint import load_checkpoint
+from kdlab.config import load_config
+from kdlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from kdlab.distill import distill_objective
+from kdlab.engine import run_config, supervised_objective, train
+from kdlab.losses.bpkd import BoundaryPrivilegedKD
+
+# One distilled run holds both methods whose trained parts the report reads (BCD's heads, SKD's
+# discriminator); a copy of the baseline becomes its seed 1, so that a std exists.
+BOTH = "methods:\n  - method: bcd\n  - method: skd\n"
+LABELS = ["teacher", "baseline", "bcd_skd"]
+WIDTHS = (1, 3, 7)
+
+
+def _fake_results(rng: np.random.Generator, class_names: list[str]) -> dict:
+    """Scores for a results.json; class 2 is absent (None) in some runs, class 3 in all."""
+    def per_class():
+        values = [float(v) for v in rng.random(len(class_names))]
+        values[3] = None
+        if rng.random() < 0.5:
+            values[2] = None
+        return values
+
+    scores = {key: float(rng.random()) for key in ("mIoU", "mAcc", "aAcc", "trimap_mIoU", "edge_pixel_accuracy",
+                                                     "body_mIoU")}
+    return {"class_names": class_names, **scores, "IoU": per_class(), "trimap_IoU": per_class(),
+            "trimap_curve": {str(w): float(rng.random()) for w in WIDTHS}}
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tiny_teacher, tmp_path_factory):
+    """Teacher plus 1-iteration students on the teacher's tiny benchmark; every results.json is then
+    replaced by random scores (returned), so the tables can be checked against known inputs."""
+    out = tmp_path_factory.mktemp("report-runs")
+    teacher = shutil.copytree(tiny_teacher, out / "teacher")  # its results.json is rewritten below
+    data = run_config(teacher).data
+    recipe_file = out / "bcd_skd.yaml"
+    recipe_file.write_text(BOTH)
+    runs = {}
+    for (label, seed), recipe in {("baseline", 0): None, ("bcd_skd", 0): recipe_file}.items():
+        overrides = [f"name={label}-s{seed}", f"out_dir={out}", f"train.seed={seed}", "train.iterations=1",
+                     "train.batch_size=2", "train.eval_interval=0", "eval.max_images=2"]
+        if recipe:
+            overrides += [f"distill.recipe={recipe}", f"distill.teacher={teacher}"]
+        cfg = dataclasses.replace(load_config(["configs/student.yaml"], overrides), data=data)
+        runs[(label, seed)] = train(cfg, objective_factory=distill_objective if recipe else supervised_objective,
+                                    progress=False)
+    runs[("baseline", 1)] = shutil.copytree(runs[("baseline", 0)], out / "baseline-s1")
+    rng = np.random.default_rng(0)
+    class_names = json.loads((teacher / "results.json").read_text())["class_names"]
+    written = {}
+    for key, run in {("teacher", 0): teacher, **runs}.items():
+        written[key] = _fake_results(rng, class_names)
+        (run / "results.json").write_text(json.dumps(written[key]))
+    return {"runs": runs, "teacher": teacher, "results": written}
+
+
+@pytest.fixture(scope="module")
+def models(tiny_runs):
+    run_dirs = report.comparison_runs(tiny_runs["runs"], tiny_runs["teacher"])
+    return report.load_models(run_dirs, "cpu")
+
+
+@pytest.fixture(scope="module")
+def comparison_rows(tiny_runs):
+    return report.comparison_table(tiny_runs["runs"], tiny_runs["teacher"], "cpu", fps_repeats=1)
+
+
+@pytest.fixture(scope="module")
+def samples(tiny_runs):
+    return report.validation_samples(tiny_runs["teacher"], 2)
+
+
+def _seed_values(written: dict, label: str, key: str) -> list:
+    return [results[key] for (name, _seed), results in written.items() if name == label]
+
+
+def test_comparison_runs_put_the_teacher_first_and_take_each_labels_lowest_seed():
+    runs = {("kd", 1): Path("kd-s1"), ("baseline", 0): Path("b-s0"), ("kd", 0): Path("kd-s0")}
+    assert report.comparison_runs(runs, "t") == {"teacher": Path("t"), "kd": Path("kd-s0"), "baseline": Path("b-s0")}
+    assert list(report.comparison_runs(runs)) == ["kd", "baseline"]
+
+
+def test_comparison_table_is_mean_and_std_over_seeds_plus_costs(tiny_runs, models, comparison_rows):
+    rows = comparison_rows
+    assert [row["method"] for row in rows] == LABELS
+    written = tiny_runs["results"]
+    baseline_miou = statistics.fmean(_seed_values(written, "baseline", "mIoU"))
+    for row in rows:
+        for metric in ("mIoU", "trimap_mIoU", "edge_pixel_accuracy"):
+            values = _seed_values(written, row["method"], metric)
+            assert row[metric] == pytest.approx(sum(values) / len(values))
+            if len(values) > 1:
+                mean = sum(values) / len(values)
+                by_hand = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+                assert row[f"{metric}_std"] == pytest.approx(by_hand)
+            else:
+                assert math.isnan(row[f"{metric}_std"])
+        assert row["delta_mIoU"] == pytest.approx(row["mIoU"] - baseline_miou)
+        assert row["params_M"] == pytest.approx(sum(p.numel() for p in models[row["method"]].parameters()) / 1e6)
+        assert row["GFLOPs"] > 0 and row["FPS"] > 0
+    assert rows[0]["GFLOPs"] > rows[1]["GFLOPs"]  # the DeepLabV3+ teacher costs more than the truncated PSPNet
+
+
+def test_gflops_of_a_convolution_match_the_hand_count():
+    conv = torch.nn.Conv2d(3, 4, kernel_size=3, padding=1)
+    multiply_adds = 4 * 7 * 9 * 3 * 3 * 3  # out channels × output pixels × (in channels × kernel area)
+    assert report.count_gflops(conv, (7, 9)) * 1e9 == pytest.approx(2 * multiply_adds)
+    assert report.count_gflops(conv, 5) * 1e9 == pytest.approx(2 * 4 * 25 * 27)
+    assert report.measure_fps(conv, (7, 9), warmup=1, repeats=3) > 0
+    with pytest.raises(ValueError, match="repeats"):
+        report.measure_fps(conv, 5, repeats=0)
+
+
+def _mean_of_present(values: list) -> float:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else math.nan
+
+
+def test_per_class_tables_and_gains_average_the_written_results(tiny_runs):
+    written = tiny_runs["results"]
+    rows = report.per_class_table(tiny_runs["runs"], tiny_runs["teacher"], key="trimap_IoU")
+    assert [row["class"] for row in rows] == written[("teacher", 0)]["class_names"]
+    for index, row in enumerate(rows):
+        for label in LABELS:
+            expected = _mean_of_present([values[index] for values in _seed_values(written, label, "trimap_IoU")])
+            assert row[label] == pytest.approx(expected, nan_ok=True)
+    assert all(math.isnan(value) for key, value in rows[3].items() if key != "class")  # class 3: never present
+    gains = report.gains_over(rows, reference="baseline")
+    assert list(gains[0]) == ["class", "bcd_skd"]
+    for gain, row in zip(gains, rows):
+        assert gain["bcd_skd"] == pytest.approx(row["bcd_skd"] - row["baseline"], nan_ok=True)
+    with pytest.raises(ValueError, match="reference"):
+        report.gains_over(rows, reference="student")
+
+
+def test_trimap_curves_average_over_seeds(tiny_runs):
+    curves = report.trimap_curves(tiny_runs["runs"], tiny_runs["teacher"])
+    assert list(curves) == LABELS
+    for label, curve in curves.items():
+        assert curve["widths"] == list(WIDTHS)
+        for i, width in enumerate(WIDTHS):
+            values = [curve_[str(width)] for curve_ in _seed_values(tiny_runs["results"], label, "trimap_curve")]
+            assert curve["mean"][i] == pytest.approx(statistics.fmean(values))
+            assert curve["std"][i] == pytest.approx(statistics.stdev(values) if len(values) > 1 else math.nan,
+                                                    nan_ok=True)
+
+
+def test_loss_terms_keep_the_logged_losses_only(tiny_runs):
+    run = tiny_runs["runs"][("bcd_skd", 0)]
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    terms = report.loss_terms(run)
+    assert set(terms) == {"iteration", "loss", "kd", "ce", "bcd.boundary", "bcd.context", "skd.pixel", "skd.pairwise",
+                          "skd.critic", "skd.holistic"}  # without "bcd.temperature"
+    assert terms["iteration"].tolist() == [1]
+    assert terms["bcd.context"].tolist() == [record["bcd.context"] for record in log]
+
+
+def test_validation_samples_undo_the_normalisation(tiny_runs, samples):
+    assert samples.images.shape == (2, 3, 64, 64) and samples.labels.shape == (2, 64, 64)
+    assert samples.rgb.shape == (2, 64, 64, 3) and samples.rgb.dtype == np.uint8
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    renormalised = (torch.tensor(samples.rgb).permute(0, 3, 1, 2) / 255 - mean) / std
+    assert torch.allclose(renormalised, samples.images, atol=0.6 / 255 / min(IMAGENET_STD))
+    assert len(samples.class_names) == len(samples.palette) and samples.palette.shape[1] == 3
+    with pytest.raises(ValueError, match="count"):
+        report.validation_samples(tiny_runs["teacher"], 0)
+
+
+def test_last_encoder_block_is_the_module_that_outputs_encoder_out(models, samples):
+    assert report.last_encoder_block(models["teacher"]) is models["teacher"].net.encoder.layer4
+    student = models["baseline"]
+    block = report.last_encoder_block(student)
+    assert block is student.net.encoder.layer2  # the truncated PSPNet encoder stops at layer2
+    seen = []
+    handle = block.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    with torch.no_grad():
+        taps = student.forward_taps(samples.images[:1], ["encoder_out"])
+    handle.remove()
+    assert torch.equal(seen[0], taps["encoder_out"])
+
+
+def test_edge_masks_are_binary_at_label_size_and_average_pooled_at_out_size():
+    labels = torch.randint(0, 4, (2, 8, 12), generator=torch.Generator().manual_seed(0))
+    labels[0, :2, :3] = 255
+    binary, soft = report.edge_masks(labels, 4, (4, 6), edge_width=3)
+    assert binary.shape == (2, 4, 8, 12) and set(binary.unique().tolist()) <= {0.0, 1.0}
+    assert torch.allclose(soft, F.avg_pool2d(binary, 2))
+
+
+def test_decoupled_logits_match_a_loop():
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 5, 9, 11, generator=generator)
+    masks = torch.rand(2, 5, 9, 11, generator=generator)
+    edge, body = report.decoupled_logits(logits, masks)
+    for n in range(2):
+        for y in range(9):
+            for x in range(11):
+                m = [masks[n, c, y, x].item() for c in range(5)]
+                z = [logits[n, c, y, x].item() for c in range(5)]
+                assert edge[n, y, x].item() == pytest.approx(max(zc * mc for zc, mc in zip(z, m)), abs=1e-6)
+                assert body[n, y, x].item() == pytest.approx(max(zc * (1 - max(m)) for zc in z), abs=1e-6)
+    with pytest.raises(ValueError, match="soft_masks"):
+        report.decoupled_logits(logits, masks[:, :4])
+
+
+@pytest.fixture(scope="module")
+def distilled(tiny_runs):
+    return report.objective_from_run(tiny_runs["runs"][("bcd_skd", 0)], "cpu")
+
+
+def test_objective_from_run_loads_the_trained_objective(tiny_runs, distilled):
+    saved = load_checkpoint(tiny_runs["runs"][("bcd_skd", 0)])["objective"]
+    assert all(torch.equal(value, saved[name]) for name, value in distilled[1].state_dict().items())
+    with pytest.raises(ValueError, match="run_dir"):
+        report.objective_from_run(tiny_runs["runs"][("baseline", 0)], "cpu")
+
+
+def test_bcd_boundary_map_comes_from_the_trained_student_heads(distilled, samples):
+    student, objective = distilled
+    maps = report.bcd_boundary_maps(student, objective, samples.images)
+    assert maps.shape == (2, 8, 8)
+    bcd = objective.methods["bcd"]
+    with torch.no_grad():
+        stages = student.forward_taps(samples.images, student.stage_names)
+        fused = bcd.student_fusion([stages[name] for name in student.stage_names], (8, 8))
+        by_hand = torch.sigmoid(bcd.student_boundary(fused))[:, 0]
+    assert torch.allclose(maps, by_hand, atol=1e-5)
+
+
+def test_discriminator_scores_are_d_of_each_models_softmax(distilled, models, samples):
+    objective = distilled[1]
+    scores = report.discriminator_scores(objective, {"teacher": models["teacher"], "baseline": models["baseline"]},
+                                         samples.images)
+    discriminator = objective.methods["skd"].parts[2].discriminator
+    with torch.no_grad():
+        teacher_logits = models["teacher"].forward_taps(samples.images, ["head_logits"])["head_logits"]
+        student_logits = models["baseline"].forward_taps(samples.images, ["head_logits"])["head_logits"]
+        student_logits = F.interpolate(student_logits, size=teacher_logits.shape[-2:], mode="bilinear")
+        expected = {"teacher": discriminator(teacher_logits.softmax(1), samples.images),
+                    "baseline": discriminator(student_logits.softmax(1), samples.images)}
+    for label, value in expected.items():
+        assert scores[label].shape == (2,)
+        np.testing.assert_allclose(scores[label], value.numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="objective"):
+        report.find_method(objective, BoundaryPrivilegedKD)  # not in the recipe
+
+
+def test_entropy_points_average_the_stem_entropy(tiny_runs, models, samples):
+    run_dirs = report.comparison_runs(tiny_runs["runs"], tiny_runs["teacher"])
+    points = report.entropy_points({"baseline": models["baseline"]}, run_dirs, samples)
+    with torch.no_grad():
+        stem = models["baseline"].forward_taps(samples.images, ["stem"])["stem"]
+    assert points[0]["entropy_all"] == pytest.approx(first_layer_entropy(stem).mean().item(), rel=1e-5)
+    assert points[0]["edge_pixel_accuracy"] == tiny_runs["results"][("baseline", 0)]["edge_pixel_accuracy"]
+
+
+def _visible_axes(fig: Figure) -> int:
+    return sum(ax.axison or ax.has_data() or bool(ax.images) for ax in fig.axes)
+
+
+def test_figures_have_one_axes_per_panel(tiny_runs, models, samples, comparison_rows):
+    runs, teacher = tiny_runs["runs"], tiny_runs["teacher"]
+    per_class = report.per_class_table(runs, teacher)
+    maps = report.entropy_maps(models, samples.images)
+    predictions = report.predictions(models, samples.images)
+    figures = {
+        "comparison": (report.comparison_figure(comparison_rows), len(report.COMPARISON_METRICS)),
+        "trimap curves": (report.trimap_curves_figure(report.trimap_curves(runs, teacher)), 1),
+        "training curves": (report.training_curves_figure(runs), 2),  # baseline, bcd_skd
+        "entropy scatter": (report.entropy_scatter_figure([{"model": "a", "entropy_all": 1.0, "entropy_band": 2.0,
+                                                            "edge_pixel_accuracy": 0.5}]), 2),
+        "map grid": (report.map_grid_figure(samples.rgb, maps), 2 * (1 + len(models)) + 1),  # + colour bar
+        "grouped bars": (report.grouped_bars_figure(report.gains_over(per_class), "gain", "gains"), 1),
+        "scores": (report.score_figure({"teacher": np.ones(3), "kd": np.zeros(3)}), 2),
+        "image grid": (report.image_grid_figure(report.overlay_columns(samples, predictions)), 2 * (1 + len(models))),
+    }
+    for name, (fig, expected) in figures.items():
+        assert isinstance(fig, Figure), name
+        assert _visible_axes(fig) == expected, name
+
+
+def test_explorer_renders_every_overlay_and_names_bad_choices(models, samples):
+    two = {label: models[label] for label in ("teacher", "bcd_skd")}
+    data = report.explorer_data(two, samples, samples.class_names[0])
+    for label, cam in data.cams.items():
+        assert cam.shape == (2, 64, 64) and cam.min() >= 0 and cam.max() <= 1 + 1e-6, label
+    for overlay in report.OVERLAYS:
+        fig = report.explorer_figure(data, 1, "teacher", overlay)
+        colour_bars = overlay in ("entropy", "CAM")
+        assert len(fig.axes) == 3 + colour_bars, overlay
+    for kwargs, argument in (({"overlay": "gradients"}, "overlay"), ({"model": "nobody"}, "model"),
+                             ({"index": 2}, "index")):
+        with pytest.raises(ValueError, match=argument):
+            report.explorer_figure(data, **kwargs)
+    with pytest.raises(ValueError, match="name"):
+        report.class_index(samples.class_names, "unicorn")
