@@ -166,7 +166,8 @@ def plot_edge_masks(
     _show(axes[1], colorize(label, palette, ignore_index), "Ground truth")
     present = [c for c in np.unique(label) if c != ignore_index]
     axes[1].legend(
-        handles=[Patch(color=palette[c] / 255, label=class_names[c]) for c in present],
+        handles=[Patch(facecolor=palette[c] / 255, edgecolor="black", linewidth=0.5, label=class_names[c])
+                 for c in present],
         loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize="x-small", frameon=False,
     )
     _show(axes[2], binary, "Binary edge mask\n(max over classes)", cmap="gray", vmin=0, vmax=1)
