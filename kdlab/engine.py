@@ -116,12 +116,18 @@ def poly_lambda(iterations: int, power: float) -> Callable[[int], float]:
 class NonFiniteLoss(KdlabError):
     """A loss term became NaN or inf."""
 
+    def __init__(self, message: str, iteration: int):
+        super().__init__(message)
+        self.iteration = iteration
+
 
 def check_finite(terms: dict[str, float], iteration: int) -> None:
-    bad = [name for name, value in terms.items() if not math.isfinite(value)]
+    # Individual terms first: the aggregates ("loss", "kd") only echo them.
+    bad = sorted((name for name, value in terms.items() if not math.isfinite(value)),
+                 key=lambda name: name in ("loss", "kd"))
     if bad:
         raise NonFiniteLoss(f"iteration {iteration}: loss term {bad[0]!r} is {terms[bad[0]]} "
-                            f"(terms: {', '.join(f'{k}={v:.4g}' for k, v in terms.items())})")
+                            f"(terms: {', '.join(f'{k}={v:.4g}' for k, v in terms.items())})", iteration)
 
 
 def train_one_step(model: SegModel, objective: nn.Module, batch: dict, optimizer, scaler, cfg: RunConfig,

@@ -58,7 +58,7 @@ def execute(notebook: str, parameters: dict, out_dir: Path) -> Outcome:
     tic = time.perf_counter()
     try:
         papermill.execute_notebook(str(source), str(target), parameters=parameters, kernel_name="python3",
-                                   progress_bar=False, cwd=str(NOTEBOOK_DIR.parent))
+                                   progress_bar=False, log_output=True, cwd=str(NOTEBOOK_DIR.parent))
     except PapermillExecutionError as err:
         detail = f"cell {err.exec_count}: {err.ename}: {str(err.evalue).splitlines()[0] if err.evalue else ''}"
         return Outcome(notebook, "failed", time.perf_counter() - tic, f"{detail} (executed copy: {target})")

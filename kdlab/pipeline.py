@@ -27,11 +27,12 @@ from pathlib import Path
 
 from kdlab.config import RunConfig, config_from_dict, load_config, named_yaml, read_yaml
 from kdlab.distill import distill_objective, recipe_path
-from kdlab.engine import RunDir, supervised_objective, train
+from kdlab.engine import NonFiniteLoss, RunDir, supervised_objective, train
 from kdlab.errors import ConfigError
 from kdlab.runtime import atomic_write_text
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "configs" / "profiles"
+DIVERGED = "diverged.json"  # written instead of results.json when a loss term became NaN/inf
 _PROFILE_KEYS = {"description", "base", "teacher", "student", "seeds", "recipes", "ablations", "ablation",
                  "figures_dir", "analysis"}
 
@@ -120,7 +121,7 @@ def run_state(cfg: RunConfig) -> str:
     same_recipe = (recipe_file.read_text() if recipe_file.exists() else "") == _recipe_text(cfg)
     if config_from_dict(read_yaml(run.config)) != cfg or not same_recipe:
         return "stale"
-    if run.results.exists():
+    if run.results.exists() or (run.path / DIVERGED).exists():
         return "done"
     return "partial" if run.checkpoint.exists() else "stale"
 
@@ -133,7 +134,12 @@ def ensure_run(cfg: RunConfig, progress: bool = True) -> Path:
     if state == "stale":
         shutil.rmtree(cfg.run_dir)
     factory = distill_objective if cfg.distill.recipe else supervised_objective
-    return train(cfg, resume=state == "partial", objective_factory=factory, progress=progress)
+    try:
+        return train(cfg, resume=state == "partial", objective_factory=factory, progress=progress)
+    except NonFiniteLoss as err:  # a diverging method is a result: record it and go on
+        atomic_write_text(cfg.run_dir / DIVERGED, json.dumps({"iteration": err.iteration, "error": str(err)}))
+        print(f"{cfg.name}: diverged ({err})")
+        return cfg.run_dir
 
 
 def ensure_teacher(profile: Profile, progress: bool = True) -> Path:
@@ -199,10 +205,14 @@ def derived_recipe(profile: Profile, base: str, key: str, value) -> Path:
 
 
 def read_results(run_dir: str | Path) -> dict:
+    """A run's scores; a diverged run has NaN scores and its `diverged` iteration."""
     path = Path(run_dir) / "results.json"
-    if not path.exists():
-        raise ConfigError(f"{path}: run has no results (not finished)")
-    return json.loads(path.read_text())
+    if path.exists():
+        return json.loads(path.read_text())
+    diverged = Path(run_dir) / DIVERGED
+    if diverged.exists():
+        return {metric: float("nan") for metric in SUMMARY_METRICS} | json.loads(diverged.read_text())
+    raise ConfigError(f"{path}: run has no results (not finished)")
 
 
 SUMMARY_METRICS = ("mIoU", "mAcc", "trimap_mIoU", "edge_pixel_accuracy", "body_mIoU")
@@ -217,9 +227,10 @@ def summary_rows(runs: dict[tuple[str, int], Path], teacher: Path | None = None)
         by_label.setdefault(label, []).append(read_results(run))
     rows = []
     for label, results in by_label.items():
-        row = {"method": label, "seeds": len(results)}
+        row = {"method": label, "seeds": len(results),
+               "diverged": sum("error" in r for r in results)}
         for metric in SUMMARY_METRICS:
-            values = [r[metric] for r in results if r.get(metric) is not None]
+            values = [r[metric] for r in results if r.get(metric) is not None and "error" not in r]
             row[metric] = statistics.fmean(values) if values else float("nan")
             row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else float("nan")
         rows.append(row)

@@ -83,9 +83,12 @@ def load_model(run_dir: str | Path, device: str | torch.device = "auto") -> SegM
 
 
 def comparison_runs(runs: Mapping[tuple[str, int], Path], teacher: str | Path | None = None) -> dict[str, Path]:
-    """label → run directory: "teacher" first (when given), then each label's run of its lowest seed."""
+    """label → run directory: "teacher" first (when given), then each label's finished run of its
+    lowest seed (diverged runs have no model to analyse)."""
     chosen: dict[str, tuple[int, Path]] = {}
     for (label, seed), run in runs.items():
+        if not (Path(run) / "results.json").exists():
+            continue
         if label not in chosen or seed < chosen[label][0]:
             chosen[label] = (seed, Path(run))
     first = {"teacher": Path(teacher)} if teacher is not None else {}
@@ -189,7 +192,9 @@ def comparison_table(runs: Mapping[tuple[str, int], Path], teacher: str | Path, 
     run_dirs = comparison_runs(runs, teacher)
     rows = summary_rows(dict(runs), Path(teacher))
     for row in rows:
-        row.update(cost_columns(load_model(run_dirs[row["method"]], device), image_size, fps_repeats))
+        # A diverged method left no model; its student has the baseline's architecture and cost.
+        run = run_dirs.get(row["method"], run_dirs["baseline"])
+        row.update(cost_columns(load_model(run, device), image_size, fps_repeats))
     return rows
 
 
@@ -224,10 +229,12 @@ def comparison_figure(rows: Sequence[Mapping], metrics: Sequence[str] = COMPARIS
 
 
 def results_by_label(runs: Mapping[tuple[str, int], Path], teacher: str | Path | None = None) -> dict[str, list[dict]]:
-    """label → results.json of each of its seeds; "teacher" first when given."""
+    """label → results.json of each of its finished seeds; "teacher" first when given."""
     by_label = {"teacher": [read_results(teacher)]} if teacher is not None else {}
     for (label, _seed), run in runs.items():
-        by_label.setdefault(label, []).append(read_results(run))
+        results = read_results(run)
+        if "error" not in results:  # diverged runs have no per-class scores
+            by_label.setdefault(label, []).append(results)
     return by_label
 
 

@@ -68,3 +68,15 @@ def test_sweep_ablation_derives_one_recipe_per_value(profile):
 def test_unknown_profile_lists_the_available_ones():
     with pytest.raises(ConfigError, match="quick"):
         pipeline.load_profile("nonexistent")
+
+
+def test_a_diverging_method_is_recorded_and_the_comparison_goes_on(profile, tmp_path):
+    recipe = tmp_path / "explode.yaml"
+    recipe.write_text("methods:\n  - method: kd\n    term_weights: {pixel: 1.0e+30}\n")
+    runs = pipeline.ensure_students(profile, {"baseline": None, "explode": str(recipe)}, [0], progress=False)
+    diverged = json.loads((runs[("explode", 0)] / pipeline.DIVERGED).read_text())
+    assert diverged["iteration"] >= 1 and "kd.pixel" in diverged["error"]
+    assert pipeline.run_state(pipeline.student_config(profile, 0, str(recipe), label="explode")) == "done"
+    rows = {r["method"]: r for r in pipeline.summary_rows(runs)}
+    assert rows["explode"]["diverged"] == 1 and rows["explode"]["mIoU"] != rows["explode"]["mIoU"]  # NaN
+    assert rows["baseline"]["diverged"] == 0

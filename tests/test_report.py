@@ -92,9 +92,14 @@ def _seed_values(written: dict, label: str, key: str) -> list:
     return [results[key] for (name, _seed), results in written.items() if name == label]
 
 
-def test_comparison_runs_put_the_teacher_first_and_take_each_labels_lowest_seed():
-    runs = {("kd", 1): Path("kd-s1"), ("baseline", 0): Path("b-s0"), ("kd", 0): Path("kd-s0")}
-    assert report.comparison_runs(runs, "t") == {"teacher": Path("t"), "kd": Path("kd-s0"), "baseline": Path("b-s0")}
+def test_comparison_runs_put_the_teacher_first_and_take_each_labels_lowest_finished_seed(tmp_path):
+    names = {("kd", 1): "kd-s1", ("baseline", 0): "b-s0", ("kd", 0): "kd-s0", ("ppd", 0): "ppd-s0"}
+    runs = {key: tmp_path / name for key, name in names.items()}
+    for key, run in runs.items():
+        run.mkdir()
+        (run / ("diverged.json" if key[0] == "ppd" else "results.json")).write_text("{}")
+    assert report.comparison_runs(runs, "t") == {"teacher": Path("t"), "kd": runs[("kd", 0)],
+                                                 "baseline": runs[("baseline", 0)]}
     assert list(report.comparison_runs(runs)) == ["kd", "baseline"]
 
 
