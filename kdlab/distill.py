@@ -127,21 +127,31 @@ class DistillObjective(nn.Module):
 
 
 def load_teacher(cfg: RunConfig, meta: dict, device: torch.device) -> SegModel:
-    if not cfg.distill.teacher:
-        raise ConfigError("distill.teacher: a teacher checkpoint (file or run directory) is required")
     path = resolve_checkpoint_path(cfg.distill.teacher)
     state = load_checkpoint(path)
     check_dataset_match(state, meta, path, role="teacher")
     return model_from_state(state, path).to(device)
 
 
-def distill_objective(cfg: RunConfig, student: SegModel, meta: dict, device: torch.device) -> DistillObjective:
-    """The objective factory `kdlab.engine.train` calls for a distillation run."""
+def check_distill_config(cfg: RunConfig) -> list[RecipeEntry]:
+    """The recipe loads and the teacher checkpoint exists: checked before any data is generated."""
     if not cfg.distill.recipe:
         raise ConfigError("distill.recipe: a recipe (name or YAML path) is required")
+    if not cfg.distill.teacher:
+        raise ConfigError("distill.teacher: a teacher checkpoint (file or run directory) is required")
     entries = load_recipe(cfg.distill.recipe)
+    resolve_checkpoint_path(cfg.distill.teacher)
+    return entries
+
+
+def distill_objective(cfg: RunConfig, student: SegModel, meta: dict, device: torch.device) -> DistillObjective:
+    """The objective factory `kdlab.engine.train` calls for a distillation run."""
+    entries = check_distill_config(cfg)
     teacher = load_teacher(cfg, meta, device)
     objective = DistillObjective(teacher, student, entries, meta["num_classes"], cfg.train.iterations,
                                  cfg.distill.warmup_iters)
     objective.run_files = {"recipe.yaml": recipe_path(cfg.distill.recipe).read_text()}
     return objective
+
+
+distill_objective.check = check_distill_config  # `kdlab.engine.train` runs it before building the data

@@ -27,7 +27,7 @@ from kdlab.config import RunConfig, config_from_dict, config_to_dict, dump_confi
 from kdlab.data import SegmentationFolder, ensure_embedded, eval_transform, train_transform
 from kdlab.errors import CheckpointError, ConfigError, KdlabError
 from kdlab.metrics import SegmentationMeter
-from kdlab.models.zoo import SegModel, build_model
+from kdlab.models.zoo import SegModel, build_model, validate_spec
 from kdlab.runtime import atomic_write_text, resolve_device, restore_rng_state, rng_state, seed_everything
 
 IGNORE_INDEX = 255
@@ -291,6 +291,9 @@ def train(cfg: RunConfig, resume: bool = False, until: int | None = None,
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
+    validate_spec(cfg.model)  # before the dataset is generated, which can take a while
+    if hasattr(objective_factory, "check"):
+        objective_factory.check(cfg)
     seed_everything(cfg.train.seed)
     train_set, val_set, meta = build_data(cfg)
     model = build_model(cfg.model, meta["num_classes"]).to(device)

@@ -39,7 +39,7 @@ from kdlab.analysis import (class_activation_map, colorize, entropy_summary, fir
                             overlay_boundaries)
 from kdlab.checkpoint import load_checkpoint, model_from_state
 from kdlab.data import denormalize
-from kdlab.distill import DistillObjective, distill_objective
+from kdlab.distill import DistillObjective, distill_objective, load_recipe
 from kdlab.engine import IGNORE_INDEX, RunDir, build_data, run_config
 from kdlab.losses.base import DistillMethod, resize_to
 from kdlab.losses.bcd import BoundaryContextDistillation
@@ -220,7 +220,10 @@ def comparison_figure(rows: Sequence[Mapping], metrics: Sequence[str] = COMPARIS
     for ax, metric in zip(axes[0], metrics):
         ax.bar(positions, [row[metric] for row in rows], yerr=[np.nan_to_num(row[f"{metric}_std"]) for row in rows],
                capsize=3, color=[colours[label] for label in labels])
-        ax.set_xticks(positions, labels, rotation=45, ha="right")
+        for position, row in zip(positions, rows):
+            if np.isnan(row[metric]):  # every seed of this method diverged
+                ax.text(position, 0.01, "diverged", rotation=90, ha="center", va="bottom", fontsize="small")
+        ax.set_xticks(positions, labels, rotation=45, ha="right", rotation_mode="anchor")
         ax.set_title(METRIC_TITLES.get(metric, metric), fontsize="medium")
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].set_ylabel("score (fraction)")
@@ -533,6 +536,15 @@ def objective_from_run(run_dir: str | Path, device: str | torch.device = "auto")
     objective = distill_objective(cfg, student, state["dataset"], device).to(device)
     objective.load_state_dict(state["objective"])
     return student, objective.eval()
+
+
+def run_using(run_dirs: Mapping[str, Path], methods: Sequence[str]) -> str | None:
+    """The first label whose run's recipe uses one of ``methods`` (e.g. "bcd"), or None."""
+    for label, run in run_dirs.items():
+        recipe = Path(run) / "recipe.yaml"
+        if recipe.exists() and {entry.method for entry in load_recipe(str(recipe))} & set(methods):
+            return label
+    return None
 
 
 def find_method(objective: DistillObjective, kind: type[DistillMethod]) -> DistillMethod:

@@ -64,14 +64,19 @@ def _smp_kwargs(spec: ModelSpec, num_classes: int) -> dict:
     return kwargs
 
 
-def build_smp_model(spec: ModelSpec, num_classes: int) -> nn.Module:
-    """The bare smp model for `spec`; unknown names fail with the valid choices listed."""
+def validate_spec(spec: ModelSpec) -> None:
+    """Unknown architecture or encoder names fail here, with the valid choices listed."""
     if spec.arch not in ARCHITECTURES:
         raise ConfigError(f"model.arch: unknown architecture {spec.arch!r}; choose from {sorted(ARCHITECTURES)}")
     known_encoders = smp.encoders.get_encoder_names()
     if spec.encoder not in known_encoders:
         close = [n for n in known_encoders if spec.encoder.split("_")[0] in n][:8]
         raise ConfigError(f"model.encoder: unknown encoder {spec.encoder!r} (similar: {close})")
+
+
+def build_smp_model(spec: ModelSpec, num_classes: int) -> nn.Module:
+    """The bare smp model for `spec`."""
+    validate_spec(spec)
     try:
         return ARCHITECTURES[spec.arch](**_smp_kwargs(spec, num_classes))
     except (TypeError, ValueError, KeyError) as err:
