@@ -22,17 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kdlab.checkpoint import check_dataset_match, load_checkpoint, model_from_state, resolve_checkpoint_path
 from kdlab.config import RunConfig, named_yaml, read_yaml
+from kdlab.engine import segmentation_ce
 from kdlab.errors import ConfigError
 from kdlab.losses import REGISTRY, MethodContext, Step, build_method
 from kdlab.models.zoo import SegModel
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "configs" / "recipes"
-IGNORE_INDEX = 255
 _ENTRY_KEYS = {"method", "name", "weight", "term_weights", "taps", "options"}
 
 
@@ -109,7 +108,7 @@ class DistillObjective(nn.Module):
     def forward(self, student: dict, batch: dict, iteration: int) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             teacher = self.teacher.forward_taps(batch["image"], self.teacher_taps)
-        ce = F.cross_entropy(student["logits"].float(), batch["label"], ignore_index=IGNORE_INDEX)
+        ce = segmentation_ce(student, batch)
         step = Step(iteration, self.total_iterations)
         terms, scale = {"ce": ce}, {}
         for name, method in self.methods.items():

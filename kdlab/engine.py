@@ -24,13 +24,12 @@ from tqdm.auto import tqdm
 from kdlab.checkpoint import (CHECKPOINT_NAME, check_dataset_match, load_checkpoint, load_model_weights,
                               save_checkpoint)
 from kdlab.config import RunConfig, config_from_dict, config_to_dict, dump_config, read_yaml
-from kdlab.data import SegmentationFolder, ensure_embedded, eval_transform, train_transform
+from kdlab.data import IGNORE_INDEX, SegmentationFolder, ensure_embedded, eval_transform, train_transform
 from kdlab.errors import CheckpointError, ConfigError, KdlabError
 from kdlab.metrics import SegmentationMeter
 from kdlab.models.zoo import SegModel, build_model, validate_spec
 from kdlab.runtime import atomic_write_text, resolve_device, restore_rng_state, rng_state, seed_everything
 
-IGNORE_INDEX = 255
 
 
 # ----------------------------------------------------------------------------- data
@@ -98,13 +97,18 @@ def make_loader(dataset, cfg: RunConfig, start: int, end: int) -> torch.utils.da
 
 
 # ----------------------------------------------------------------------------- objectives
+def segmentation_ce(student: dict, batch: dict) -> torch.Tensor:
+    """Cross-entropy of the full-resolution logits against the labels (ignore = 255)."""
+    return F.cross_entropy(student["logits"].float(), batch["label"], ignore_index=IGNORE_INDEX)
+
+
 class SupervisedObjective(nn.Module):
-    """Cross-entropy on the full-resolution logits (ignore = 255)."""
+    """Cross-entropy alone: the teacher and the student baseline."""
 
     student_taps: tuple[str, ...] = ()
 
     def forward(self, student: dict, batch: dict, iteration: int) -> dict[str, torch.Tensor]:
-        ce = F.cross_entropy(student["logits"].float(), batch["label"], ignore_index=IGNORE_INDEX)
+        ce = segmentation_ce(student, batch)
         return {"loss": ce, "ce": ce}
 
 

@@ -11,9 +11,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from kdlab.data.synthetic import IGNORE_INDEX
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IGNORE_INDEX = 255
 
 
 class RandomScale:

@@ -1,10 +1,10 @@
 """`bpkd`: boundary-privileged distillation (BPKD Sec. 3, Eq. 2–4): separate edge and body terms."""
 
+from kdlab.data.synthetic import IGNORE_INDEX
 from kdlab.errors import ConfigError
 from kdlab.losses import functional as KF
 from kdlab.losses.base import DistillMethod, MethodContext, register, resize_to
 
-IGNORE_INDEX = 255
 
 
 @register
