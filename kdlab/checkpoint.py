@@ -10,7 +10,6 @@ A checkpoint is a plain dict of tensors and Python primitives::
 from __future__ import annotations
 
 import pickle
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -76,7 +75,3 @@ def model_from_state(state: dict, path: str | Path) -> SegModel:
     model = build_model(ModelSpec(**state["model_spec"]), state["dataset"]["num_classes"])
     load_model_weights(model, state["model"], path)
     return model
-
-
-def model_spec_dict(spec: ModelSpec) -> dict:
-    return asdict(spec)

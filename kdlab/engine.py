@@ -75,11 +75,10 @@ class IterationBatches(torch.utils.data.Sampler):
 
     def batch(self, it: int) -> list[tuple[int, int]]:
         positions = range(it * self.batch_size, (it + 1) * self.batch_size)
-        out = []
-        for pos in positions:
-            epoch, offset = divmod(pos, self.num_samples)
-            out.append((int(self._permutation(epoch)[offset]), self.seed * 1_000_003 + pos))
-        return out
+        epochs = {pos // self.num_samples for pos in positions}  # a batch spans at most a few epochs
+        orders = {epoch: self._permutation(epoch).tolist() for epoch in epochs}
+        return [(orders[pos // self.num_samples][pos % self.num_samples], self.seed * 1_000_003 + pos)
+                for pos in positions]
 
     def __iter__(self):
         for it in range(self.start, self.end):
