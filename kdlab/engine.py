@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: notebook widget bars stay invisible in headless papermill runs
 
 from kdlab.checkpoint import (CHECKPOINT_NAME, check_dataset_match, load_checkpoint, load_model_weights,
                               save_checkpoint)
@@ -318,7 +318,7 @@ def train(cfg: RunConfig, resume: bool = False, until: int | None = None,
                                                          cfg, meta, iteration))
 
     loader = make_loader(train_set, cfg, start, end)
-    bar = tqdm(total=end, initial=start, desc=cfg.name, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=end, initial=start, desc=cfg.name, disable=not progress, dynamic_ncols=True, mininterval=1.0)
     tic = time.perf_counter()
     for iteration, batch in enumerate(loader, start=start + 1):
         lr = optimizer.param_groups[0]["lr"]

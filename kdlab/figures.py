@@ -33,6 +33,10 @@ DEPENDENCIES: dict[str, list[str]] = {
     "07_ablations": [],
     "08_explorer": ["01_train"],
 }
+# Extra parameters for headless runs. Widget cells can leave papermill waiting forever after the
+# kernel is idle (nteract/papermill#723; seen here on the default profile), so the explorer
+# shows its widget only when run interactively and writes its static snapshot either way.
+HEADLESS_PARAMETERS: dict[str, dict] = {"08_explorer": {"interactive": False}}
 
 
 @dataclass
@@ -58,7 +62,8 @@ def execute(notebook: str, parameters: dict, out_dir: Path) -> Outcome:
     tic = time.perf_counter()
     try:
         papermill.execute_notebook(str(source), str(target), parameters=parameters, kernel_name="python3",
-                                   progress_bar=False, log_output=True, cwd=str(NOTEBOOK_DIR.parent))
+                                   progress_bar=False, stdout_file=sys.stdout, stderr_file=sys.stderr,
+                                   cwd=str(NOTEBOOK_DIR.parent))
     except PapermillExecutionError as err:
         detail = f"cell {err.exec_count}: {err.ename}: {str(err.evalue).splitlines()[0] if err.evalue else ''}"
         return Outcome(notebook, "failed", time.perf_counter() - tic, f"{detail} (executed copy: {target})")
@@ -84,7 +89,7 @@ def run_notebooks(profile: str, runs_root: str = "runs", figures_dir: str | None
             outcomes[notebook] = Outcome(notebook, "skipped", detail=f"needs {broken[0]}, which did not finish")
         else:
             print(f"[{index}/{len(selected)}] {notebook} ...", flush=True)
-            outcomes[notebook] = execute(notebook, parameters, out_dir)
+            outcomes[notebook] = execute(notebook, {**parameters, **HEADLESS_PARAMETERS.get(notebook, {})}, out_dir)
         o = outcomes[notebook]
         print(f"[{index}/{len(selected)}] {notebook}: {o.status} ({o.seconds:.0f} s) {o.detail}".rstrip(), flush=True)
     return list(outcomes.values())

@@ -8,7 +8,7 @@ A profile (``configs/profiles/<name>.yaml``) is configuration only::
     seeds: [0, 1]                             # seeds of the student baseline and each recipe
     recipes: [kd, cwd, bpkd_embedded, ...]    # the method comparison
     ablations: {bpkd_table4: [bpkd_prm, ...], ...}   # groups of recipes
-    ablation: {seeds: [0], overrides: [train.iterations=300]}   # shorter schedules for ablations
+    ablation: {seeds: [0], overrides: [train.iterations=300]}   # ablation seeds and schedule
 
 Runs live in ``<runs_root>/<profile>/<run name>``. `ensure_run` reuses a finished run whose
 resolved config (and recipe) is unchanged, resumes an unfinished one, and retrains one whose
@@ -166,10 +166,13 @@ def ensure_comparison(profile: Profile, progress: bool = True) -> dict[tuple[str
 
 
 def ensure_ablation(profile: Profile, group: str, progress: bool = True) -> dict[tuple[str, int], Path]:
-    """One ablation group (plus a baseline on the same shorter schedule), named `ablation-<group>/...`."""
+    """One ablation group plus a baseline on the same schedule. Ablations with schedule overrides
+    live in `<profile>/ablations/`; without, they share the comparison's runs (same recipe and
+    seed = the same run, trained once)."""
     if group not in profile.ablations:
         raise ConfigError(f"profile {profile.name!r}: no ablation group {group!r}; groups: {sorted(profile.ablations)}")
-    overrides = [*profile.ablation_overrides, f"out_dir={profile.runs_dir / 'ablations'}"]
+    out_dir = profile.runs_dir / "ablations" if profile.ablation_overrides else profile.runs_dir
+    overrides = [*profile.ablation_overrides, f"out_dir={out_dir}"]
     recipes = {"baseline": None, **ablation_recipes(profile, group)}
     return ensure_students(profile, recipes, profile.ablation_seeds, overrides, progress)
 

@@ -702,3 +702,14 @@ def explorer_figure(data: ExplorerData, index: int = 0, model: str | None = None
         _hide_ticks(ax)
     fig.suptitle(f"Validation image {index}")
     return fig
+
+
+def explorer_widget(data: ExplorerData):
+    """The interactive explorer: dropdowns for image, model and overlay over `explorer_figure`
+    (an `ipywidgets.interactive`; display it in a notebook)."""
+    import ipywidgets as widgets
+
+    controls = {"index": widgets.Dropdown(options=list(range(len(data.samples.rgb))), value=0, description="image"),
+                "model": widgets.Dropdown(options=list(data.predictions), description="model"),
+                "overlay": widgets.Dropdown(options=OVERLAYS, value="prediction", description="overlay")}
+    return widgets.interactive(lambda index, model, overlay: explorer_figure(data, index, model, overlay), **controls)

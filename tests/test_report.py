@@ -317,3 +317,9 @@ def test_explorer_renders_every_overlay_and_names_bad_choices(models, samples):
             report.explorer_figure(data, **kwargs)
     with pytest.raises(ValueError, match="name"):
         report.class_index(samples.class_names, "unicorn")
+    widget = report.explorer_widget(data)
+    controls = {c.description: c for c in widget.children[:-1]}
+    assert list(controls["model"].options) == ["teacher", "bcd_skd"] and len(controls["image"].options) == 2
+    controls["model"].value, controls["overlay"].value = "bcd_skd", "CAM"
+    assert widget.result.texts[0].get_text() == "Validation image 0" and len(widget.result.axes) == 4
+    assert widget.result.axes[2].get_title() == "bcd_skd: CAM"
