@@ -4,6 +4,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= default
+ARGS ?=
 
 .PHONY: setup test figures teacher student bench clean-runs
 
@@ -19,7 +20,7 @@ test: setup
 	$(PY) -m pytest -q
 
 figures: setup
-	$(PY) -m kdlab.figures --profile $(PROFILE)
+	$(PY) -m kdlab.figures --profile $(PROFILE) $(ARGS)
 
 bench: setup
 	$(PY) -m kdlab.cli bench -c configs/student.yaml

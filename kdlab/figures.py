@@ -71,13 +71,16 @@ def execute(notebook: str, parameters: dict, out_dir: Path) -> Outcome:
 
 
 def run_notebooks(profile: str, runs_root: str = "runs", figures_dir: str | None = None, device: str = "auto",
-                  only: list[str] | None = None) -> list[Outcome]:
-    prof = load_profile(profile, runs_root, figures_dir)
+                  only: list[str] | None = None, changes: dict | None = None) -> list[Outcome]:
+    """Execute the notebooks (all, or `only`) in dependency order; `changes` are the notebooks'
+    dataset / data_root / recipes / seeds / jobs parameters, replacing the profile's own."""
+    changes = {key: value for key, value in (changes or {}).items() if value is not None}
+    prof = load_profile(profile, runs_root, figures_dir, **changes)
     out_dir = prof.runs_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     _kernel_environment()
     parameters = {"profile": profile, "runs_root": str(runs_root), "figures_dir": prof.figures_dir,
-                  "device": device}
+                  "device": device, **changes}
     selected = only or list(DEPENDENCIES)
     unknown = set(selected) - set(DEPENDENCIES)
     if unknown:
@@ -111,10 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figures-dir", help="where figures and tables go (default: the profile's)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--only", nargs="*", help="run only these notebooks (e.g. 02_comparison)")
+    parser.add_argument("--dataset", help="replaces the profile's dataset (embedded | folder)")
+    parser.add_argument("--data-root", help="replaces the profile's dataset directory")
+    parser.add_argument("--recipes", nargs="+", help="replace the profile's comparison recipes")
+    parser.add_argument("--seeds", nargs="+", type=int, help="replace the profile's seeds")
+    parser.add_argument("--jobs", type=int, help="runs trained at once (default: the profile's, else 1)")
     args = parser.parse_args(argv)
+    changes = {"dataset": args.dataset, "data_root": args.data_root, "recipes": args.recipes,
+               "seeds": args.seeds, "jobs": args.jobs}
     tic, since = time.perf_counter(), time.time()
     try:
-        outcomes = run_notebooks(args.profile, args.runs_root, args.figures_dir, args.device, args.only)
+        outcomes = run_notebooks(args.profile, args.runs_root, args.figures_dir, args.device, args.only, changes)
         figures_dir = Path(load_profile(args.profile, args.runs_root, args.figures_dir).figures_dir)
     except KdlabError as err:
         print(f"kdlab.figures: error: {err}", file=sys.stderr)

@@ -9,32 +9,41 @@ A profile (``configs/profiles/<name>.yaml``) is configuration only::
     recipes: [kd, cwd, bpkd_embedded, ...]    # the method comparison
     ablations: {bpkd_table4: [bpkd_prm, ...], ...}   # groups of recipes
     ablation: {seeds: [0], overrides: [train.iterations=300]}   # ablation seeds and schedule
+    jobs: 2                                   # runs trained at once (worker processes); default 1
 
 Runs live in ``<runs_root>/<profile>/<run name>``. `ensure_run` reuses a finished run whose
 resolved config (and recipe) is unchanged, resumes an unfinished one, and retrains one whose
-config changed.
+config changed. With ``jobs`` > 1, the runs a notebook needs are trained that many at a time,
+each worker with an equal share of the CPU threads.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import shutil
 import statistics
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
+import torch
 import yaml
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from tqdm import tqdm
 
 from kdlab.config import RunConfig, config_from_dict, load_config, named_yaml, read_yaml
 from kdlab.distill import distill_objective, recipe_path
-from kdlab.engine import NonFiniteLoss, RunDir, supervised_objective, train
+from kdlab.engine import NonFiniteLoss, RunDir, dataset_root, supervised_objective, train
 from kdlab.errors import ConfigError
 from kdlab.runtime import atomic_write_text
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "configs" / "profiles"
 DIVERGED = "diverged.json"  # written instead of results.json when a loss term became NaN/inf
 _PROFILE_KEYS = {"description", "base", "teacher", "student", "seeds", "recipes", "ablations", "ablation",
-                 "figures_dir", "analysis"}
+                 "figures_dir", "analysis", "jobs"}
 
 
 @dataclass
@@ -57,6 +66,7 @@ class Profile:
     figures_dir: str
     analysis: dict
     runs_root: Path = Path("runs")
+    jobs: int = 1
 
     @property
     def runs_dir(self) -> Path:
@@ -68,7 +78,11 @@ def profile_path(profile: str) -> Path:
 
 
 def load_profile(profile: str, runs_root: str | Path = "runs", figures_dir: str | None = None,
-                 device: str = "auto") -> Profile:
+                 device: str = "auto", *, dataset: str | None = None, data_root: str | None = None,
+                 recipes: list[str] | None = None, seeds: list[int] | None = None,
+                 jobs: int | None = None) -> Profile:
+    """The profile named (or at the path) `profile`; the keyword arguments, where given, replace its
+    dataset, dataset root, comparison recipes, seeds and number of parallel runs (notebook parameters)."""
     path = profile_path(profile)
     tree = read_yaml(path)
     unknown = set(tree) - _PROFILE_KEYS
@@ -77,15 +91,23 @@ def load_profile(profile: str, runs_root: str | Path = "runs", figures_dir: str 
     for key in ("teacher", "student"):
         if not isinstance(tree.get(key), dict) or "config" not in tree[key]:
             raise ConfigError(f"{path}: '{key}' needs a 'config' entry")
+    jobs = tree.get("jobs", 1) if jobs is None else jobs
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"{path}: jobs must be a positive integer, got {jobs!r}")
+    data = [f"data.{key}={value}" for key, value in (("name", dataset), ("root", data_root)) if value is not None]
+    recipes = list(tree.get("recipes", []) if recipes is None else recipes)
+    for name in recipes:
+        recipe_path(name)  # an unknown recipe fails here, listing the available ones
     ablation = tree.get("ablation", {})
     return Profile(
-        name=path.stem, base=[*tree.get("base", []), f"train.device={device}"],
+        name=path.stem, base=[*tree.get("base", []), *data, f"train.device={device}"],
         teacher=RunSpec(**tree["teacher"]), student=RunSpec(**tree["student"]),
-        seeds=list(tree.get("seeds", [0])), recipes=list(tree.get("recipes", [])),
+        seeds=list(tree.get("seeds", [0]) if seeds is None else seeds),
+        recipes=recipes,
         ablations=dict(tree.get("ablations", {})), ablation_seeds=list(ablation.get("seeds", [0])),
         ablation_overrides=list(ablation.get("overrides", [])),
         figures_dir=figures_dir or tree.get("figures_dir", "figures"), analysis=dict(tree.get("analysis", {})),
-        runs_root=Path(runs_root),
+        runs_root=Path(runs_root), jobs=jobs,
     )
 
 
@@ -142,30 +164,72 @@ def ensure_run(cfg: RunConfig, progress: bool = True) -> Path:
         return cfg.run_dir
 
 
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(2)
+    os._exit(1)  # the notebook kernel is gone (interrupted run): stop training for nobody
+
+
+def _start_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def ensure_runs(configs: list[RunConfig], jobs: int = 1, progress: bool = True) -> None:
+    """Train every run of `configs` that is not done, `jobs` at a time. Parallel runs train in spawned
+    worker processes with an equal share of the CPU threads, and report one line per finished run."""
+    todo = [cfg for cfg in configs if run_state(cfg) != "done"]
+    if jobs == 1 or len(todo) < 2:
+        for cfg in todo:
+            ensure_run(cfg, progress)
+        return
+    for cfg in todo:
+        dataset_root(cfg)  # generate a missing dataset once, not in every worker
+    threads = max(1, torch.get_num_threads() // jobs)
+    with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_start_worker, initargs=(threads,)) as pool:
+        futures = {pool.submit(ensure_run, cfg, False): cfg.name for cfg in todo}
+        bar = tqdm(total=len(todo), desc=f"{len(todo)} runs, {jobs} at a time", disable=not progress,
+                   dynamic_ncols=True)
+        for future in as_completed(futures):
+            future.result()
+            bar.set_postfix_str(f"finished {futures[future]}")
+            bar.update(1)
+        bar.close()
+
+
 def ensure_teacher(profile: Profile, progress: bool = True) -> Path:
     return ensure_run(teacher_config(profile), progress)
 
 
-def ensure_students(profile: Profile, recipes: dict[str, str | None], seeds: list[int], overrides: list[str] = (),
-                    progress: bool = True) -> dict[tuple[str, int], Path]:
-    """Students for every (label → recipe, seed), recipe None = the baseline; the teacher first if needed."""
-    if any(recipes.values()):
+def student_configs(profile: Profile, recipes: dict[str, str | None], seeds: list[int],
+                    overrides: list[str] = ()) -> dict[tuple[str, int], RunConfig]:
+    """(label, seed) → config of the student for each label → recipe (None = the baseline) and seed."""
+    return {(label, seed): student_config(profile, seed, recipe, overrides, label)
+            for label, recipe in recipes.items() for seed in seeds}
+
+
+def ensure_students(profile: Profile, configs: list[RunConfig], progress: bool = True) -> None:
+    """Train what `configs` needs: the teacher first if any of them distills, then every student."""
+    if any(cfg.distill.recipe for cfg in configs):
         ensure_teacher(profile, progress)
-    runs = {}
-    for label, recipe in recipes.items():
-        for seed in seeds:
-            cfg = student_config(profile, seed, recipe, overrides, label)
-            runs[(label, seed)] = ensure_run(cfg, progress)
-    return runs
+    ensure_runs(configs, profile.jobs, progress)
+
+
+def _run_dirs(configs: dict[tuple[str, int], RunConfig]) -> dict[tuple[str, int], Path]:
+    return {key: cfg.run_dir for key, cfg in configs.items()}
 
 
 def ensure_comparison(profile: Profile, progress: bool = True) -> dict[tuple[str, int], Path]:
-    """Teacher, student baseline and every recipe of the profile's method comparison."""
+    """Teacher, student baseline and every recipe of the profile's method comparison:
+    (label, seed) → run directory."""
     recipes = {"baseline": None, **{name: name for name in profile.recipes}}
-    return ensure_students(profile, recipes, profile.seeds, progress=progress)
+    configs = student_configs(profile, recipes, profile.seeds)
+    ensure_students(profile, list(configs.values()), progress)
+    return _run_dirs(configs)
 
 
-def ensure_ablation(profile: Profile, group: str, progress: bool = True) -> dict[tuple[str, int], Path]:
+def ablation_configs(profile: Profile, group: str) -> dict[tuple[str, int], RunConfig]:
     """One ablation group plus a baseline on the same schedule. Ablations with schedule overrides
     live in `<profile>/ablations/`; without, they share the comparison's runs (same recipe and
     seed = the same run, trained once)."""
@@ -174,7 +238,16 @@ def ensure_ablation(profile: Profile, group: str, progress: bool = True) -> dict
     out_dir = profile.runs_dir / "ablations" if profile.ablation_overrides else profile.runs_dir
     overrides = [*profile.ablation_overrides, f"out_dir={out_dir}"]
     recipes = {"baseline": None, **ablation_recipes(profile, group)}
-    return ensure_students(profile, recipes, profile.ablation_seeds, overrides, progress)
+    return student_configs(profile, recipes, profile.ablation_seeds, overrides)
+
+
+def ensure_ablations(profile: Profile, progress: bool = True) -> dict[str, dict[tuple[str, int], Path]]:
+    """Every ablation group of the profile, trained as one queue (parallel runs stay busy across
+    groups): group → (label, seed) → run directory."""
+    groups = {group: ablation_configs(profile, group) for group in profile.ablations}
+    unique = {cfg.run_dir: cfg for configs in groups.values() for cfg in configs.values()}
+    ensure_students(profile, list(unique.values()), progress)
+    return {group: _run_dirs(configs) for group, configs in groups.items()}
 
 
 def ablation_recipes(profile: Profile, group: str) -> dict[str, str]:

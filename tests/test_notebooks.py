@@ -40,11 +40,15 @@ def test_notebooks_are_committed_clean_with_a_parameters_cell(path):
 
 
 def test_every_notebook_runs_on_the_quick_profile(tmp_path):
+    """Also with two runs trained at a time: worker processes spawned from the notebook kernels."""
     out = tmp_path / "figures"
-    assert figures.main(["--profile", "quick", "--runs-root", str(tmp_path / "runs"), "--figures-dir", str(out)]) == 0
+    assert figures.main(["--profile", "quick", "--runs-root", str(tmp_path / "runs"), "--figures-dir", str(out),
+                         "--jobs", "2"]) == 0
     assert set(figures.DEPENDENCIES) == {p.stem for p in NOTEBOOKS}
     for notebook in figures.DEPENDENCIES:
-        assert (tmp_path / "runs" / "quick" / "notebooks" / f"{notebook}.ipynb").exists()
+        executed = nbformat.read(tmp_path / "runs" / "quick" / "notebooks" / f"{notebook}.ipynb", as_version=4)
+        injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert "jobs = 2" in injected[0].source
     for stem in (s for stems in EXPECTED_FIGURES.values() for s in stems):
         assert (out / f"{stem}.png").stat().st_size > 0 and (out / f"{stem}.pdf").exists(), stem
     for stem in (s for stems in EXPECTED_TABLES.values() for s in stems):

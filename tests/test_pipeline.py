@@ -20,6 +20,7 @@ recipes: [kd]
 ablation: {{seeds: [0], overrides: [train.iterations=1]}}
 ablations:
   widths: {{base: bpkd, vary: {{options.edge_width: [3, 5]}}}}
+  pixel: [kd]
 """
     path = tmp_path / "tiny.yaml"
     path.write_text(text)
@@ -62,7 +63,7 @@ def test_sweep_ablation_derives_one_recipe_per_value(profile):
     text = open(recipes["bpkd@edge_width=5"]).read()
     assert "edge_width: 5" in text
     with pytest.raises(ConfigError, match="no ablation group"):
-        pipeline.ensure_ablation(profile, "nope")
+        pipeline.ablation_configs(profile, "nope")
 
 
 def test_unknown_profile_lists_the_available_ones():
@@ -73,10 +74,50 @@ def test_unknown_profile_lists_the_available_ones():
 def test_a_diverging_method_is_recorded_and_the_comparison_goes_on(profile, tmp_path):
     recipe = tmp_path / "explode.yaml"
     recipe.write_text("methods:\n  - method: kd\n    term_weights: {pixel: 1.0e+30}\n")
-    runs = pipeline.ensure_students(profile, {"baseline": None, "explode": str(recipe)}, [0], progress=False)
+    configs = pipeline.student_configs(profile, {"baseline": None, "explode": str(recipe)}, [0])
+    pipeline.ensure_students(profile, list(configs.values()), progress=False)
+    runs = {key: cfg.run_dir for key, cfg in configs.items()}
     diverged = json.loads((runs[("explode", 0)] / pipeline.DIVERGED).read_text())
     assert diverged["iteration"] >= 1 and "kd.pixel" in diverged["error"]
     assert pipeline.run_state(pipeline.student_config(profile, 0, str(recipe), label="explode")) == "done"
     rows = {r["method"]: r for r in pipeline.summary_rows(runs)}
     assert rows["explode"]["diverged"] == 1 and rows["explode"]["mIoU"] != rows["explode"]["mIoU"]  # NaN
     assert rows["baseline"]["diverged"] == 0
+
+
+def test_ablation_groups_train_as_one_queue_and_share_runs(profile):
+    groups = pipeline.ensure_ablations(profile, progress=False)
+    assert set(groups) == {"widths", "pixel"}
+    assert set(groups["widths"]) == {("baseline", 0), ("bpkd@edge_width=3", 0), ("bpkd@edge_width=5", 0)}
+    assert groups["widths"][("baseline", 0)] == groups["pixel"][("baseline", 0)]
+    assert groups["pixel"][("baseline", 0)].parent.name == "ablations"  # the profile overrides the schedule
+    rows = pipeline.summary_rows(groups["pixel"])
+    assert [r["method"] for r in rows] == ["baseline", "kd"]
+
+
+def test_notebook_parameters_replace_the_profiles_settings(profile, tmp_path):
+    path = tmp_path / "tiny.yaml"
+    changed = pipeline.load_profile(str(path), tmp_path / "runs", dataset="folder", data_root="/data/x",
+                                    recipes=["cwd"], seeds=[3], jobs=2)
+    assert (changed.recipes, changed.seeds, changed.jobs) == (["cwd"], [3], 2)
+    cfg = pipeline.student_config(changed, 3)
+    assert (cfg.data.name, str(cfg.data.root)) == ("folder", "/data/x")
+    assert (profile.recipes, profile.seeds, profile.jobs) == (["kd"], [0, 1], 1)
+    with pytest.raises(ConfigError, match="distill.recipe: no file named 'nope'"):
+        pipeline.load_profile(str(path), recipes=["nope"])
+    with pytest.raises(ConfigError, match="jobs must be a positive integer"):
+        pipeline.load_profile(str(path), jobs=0)
+
+
+def test_parallel_runs_give_the_same_results_as_one_at_a_time(profile, tmp_path):
+    """Worker processes train the same runs (one CPU thread each, as in the sequential profile here)."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(path.read_text().replace("base: [", "base: [train.threads=1, "))
+    scores = {}
+    for jobs in (1, 2):
+        prof = pipeline.load_profile(str(path), tmp_path / f"runs{jobs}", recipes=[], jobs=jobs)
+        runs = pipeline.ensure_comparison(prof, progress=False)
+        assert all(pipeline.run_state(pipeline.student_config(prof, s)) == "done" for s in (0, 1))
+        scores[jobs] = {key: json.loads((run / "results.json").read_text())["mIoU"] for key, run in runs.items()}
+    assert scores[2] == scores[1]
+    assert set(scores[2]) == {("baseline", 0), ("baseline", 1)}
