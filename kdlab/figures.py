@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", help="replaces the profile's dataset (embedded | folder)")
     parser.add_argument("--data-root", help="replaces the profile's dataset directory")
     parser.add_argument("--recipes", nargs="+", help="replace the profile's comparison recipes")
-    parser.add_argument("--seeds", nargs="+", type=int, help="replace the profile's seeds")
+    parser.add_argument("--seeds", nargs="+", type=int, help="replace the seeds of the profile's comparison")
     parser.add_argument("--jobs", type=int, help="runs trained at once (default: the profile's, else 1)")
     args = parser.parse_args(argv)
     changes = {"dataset": args.dataset, "data_root": args.data_root, "recipes": args.recipes,

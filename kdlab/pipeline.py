@@ -26,7 +26,6 @@ import shutil
 import statistics
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import torch
 import yaml
@@ -82,7 +81,7 @@ def load_profile(profile: str, runs_root: str | Path = "runs", figures_dir: str 
                  recipes: list[str] | None = None, seeds: list[int] | None = None,
                  jobs: int | None = None) -> Profile:
     """The profile named (or at the path) `profile`; the keyword arguments, where given, replace its
-    dataset, dataset root, comparison recipes, seeds and number of parallel runs (notebook parameters)."""
+    dataset, dataset root, comparison recipes and seeds, and number of parallel runs (notebook parameters)."""
     path = profile_path(profile)
     tree = read_yaml(path)
     unknown = set(tree) - _PROFILE_KEYS
@@ -175,9 +174,15 @@ def _start_worker(threads: int) -> None:
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
 
 
+def _train_quietly(cfg: RunConfig) -> str:
+    ensure_run(cfg, progress=False)
+    return cfg.name
+
+
 def ensure_runs(configs: list[RunConfig], jobs: int = 1, progress: bool = True) -> None:
     """Train every run of `configs` that is not done, `jobs` at a time. Parallel runs train in spawned
-    worker processes with an equal share of the CPU threads, and report one line per finished run."""
+    worker processes with an equal share of the CPU threads, and report one line per finished run;
+    an error (or an interrupt) in any of them stops them all."""
     todo = [cfg for cfg in configs if run_state(cfg) != "done"]
     if jobs == 1 or len(todo) < 2:
         for cfg in todo:
@@ -186,14 +191,12 @@ def ensure_runs(configs: list[RunConfig], jobs: int = 1, progress: bool = True) 
     for cfg in todo:
         dataset_root(cfg)  # generate a missing dataset once, not in every worker
     threads = max(1, torch.get_num_threads() // jobs)
-    with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_start_worker, initargs=(threads,)) as pool:
-        futures = {pool.submit(ensure_run, cfg, False): cfg.name for cfg in todo}
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(min(jobs, len(todo)), _start_worker, (threads,)) as pool:  # leaving it terminates workers
         bar = tqdm(total=len(todo), desc=f"{len(todo)} runs, {jobs} at a time", disable=not progress,
                    dynamic_ncols=True)
-        for future in as_completed(futures):
-            future.result()
-            bar.set_postfix_str(f"finished {futures[future]}")
+        for name in pool.imap_unordered(_train_quietly, todo):
+            bar.set_postfix_str(f"finished {name}")
             bar.update(1)
         bar.close()
 

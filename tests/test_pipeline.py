@@ -121,3 +121,11 @@ def test_parallel_runs_give_the_same_results_as_one_at_a_time(profile, tmp_path)
         scores[jobs] = {key: json.loads((run / "results.json").read_text())["mIoU"] for key, run in runs.items()}
     assert scores[2] == scores[1]
     assert set(scores[2]) == {("baseline", 0), ("baseline", 1)}
+
+
+def test_a_failing_parallel_run_stops_the_others_with_its_error(profile, tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("methods: []\n")
+    configs = pipeline.student_configs(profile, {"baseline": None, "broken": str(broken)}, [0])
+    with pytest.raises(ConfigError, match="non-empty 'methods' list"):
+        pipeline.ensure_runs(list(configs.values()), jobs=2, progress=False)
