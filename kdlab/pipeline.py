@@ -181,7 +181,7 @@ def _train_quietly(cfg: RunConfig) -> str:
 
 def ensure_runs(configs: list[RunConfig], jobs: int = 1, progress: bool = True) -> None:
     """Train every run of `configs` that is not done, `jobs` at a time. Parallel runs train in spawned
-    worker processes with an equal share of the CPU threads, and report one line per finished run;
+    worker processes with an equal share of the CPU threads (the progress bar names each finished run);
     an error (or an interrupt) in any of them stops them all."""
     todo = [cfg for cfg in configs if run_state(cfg) != "done"]
     if jobs == 1 or len(todo) < 2:
