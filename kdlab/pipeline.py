@@ -119,10 +119,11 @@ def teacher_config(profile: Profile) -> RunConfig:
     return run_config(profile, profile.teacher, "teacher")
 
 
-def student_config(profile: Profile, seed: int, recipe: str | None = None, overrides: list[str] = (),
-                   label: str | None = None) -> RunConfig:
-    """The student baseline (recipe None) or a distilled student, for one seed; `label` names the run."""
-    name = f"{label or recipe or 'baseline'}-s{seed}"
+def student_config(profile: Profile, seed: int, recipe: str | None = None, overrides: list[str] = ()) -> RunConfig:
+    """The student baseline (recipe None) or a distilled student, for one seed. The run is named after
+    the recipe (a recipe name, or a recipe file's stem), so one recipe and seed is one run whatever
+    table lists it."""
+    name = f"{Path(recipe).stem if recipe else 'baseline'}-s{seed}"
     extra = [f"train.seed={seed}", *overrides]
     if recipe:
         extra += [f"distill.recipe={recipe}", f"distill.teacher={profile.runs_dir / 'teacher'}"]
@@ -208,7 +209,7 @@ def ensure_teacher(profile: Profile, progress: bool = True) -> Path:
 def student_configs(profile: Profile, recipes: dict[str, str | None], seeds: list[int],
                     overrides: list[str] = ()) -> dict[tuple[str, int], RunConfig]:
     """(label, seed) → config of the student for each label → recipe (None = the baseline) and seed."""
-    return {(label, seed): student_config(profile, seed, recipe, overrides, label)
+    return {(label, seed): student_config(profile, seed, recipe, overrides)
             for label, recipe in recipes.items() for seed in seeds}
 
 
@@ -255,7 +256,8 @@ def ensure_ablations(profile: Profile, progress: bool = True) -> dict[str, dict[
 
 def ablation_recipes(profile: Profile, group: str) -> dict[str, str]:
     """label → recipe of an ablation group: a list of recipe names, or a sweep
-    ``{base: bpkd, vary: {options.edge_width: [3, 5, 7]}}`` over the first method of a recipe."""
+    ``{base: bpkd, vary: {options.edge_width: [3, 5, 7]}}`` over the first method of a recipe
+    (the value the base recipe already has is the base recipe itself, trained once)."""
     spec = profile.ablations[group]
     if isinstance(spec, list):
         return {name: name for name in spec}
@@ -263,24 +265,27 @@ def ablation_recipes(profile: Profile, group: str) -> dict[str, str]:
         raise ConfigError(f"profile {profile.name!r}: ablations.{group} must be a list of recipes or "
                           f"{{base: recipe, vary: {{key: [values]}}}}")
     (key, values), = spec["vary"].items()
-    return {f"{spec['base']}@{key.split('.')[-1]}={value}": str(derived_recipe(profile, spec["base"], key, value))
+    return {f"{spec['base']}@{key.split('.')[-1]}={value}": derived_recipe(profile, spec["base"], key, value)
             for value in values}
 
 
-def derived_recipe(profile: Profile, base: str, key: str, value) -> Path:
-    """A copy of recipe `base` with `key` (dotted, inside its first method entry) set to `value`."""
+def derived_recipe(profile: Profile, base: str, key: str, value) -> str:
+    """Recipe `base` with `key` (dotted, inside its first method entry) set to `value`: `base` itself
+    where it already has that value, else the path of a derived copy."""
     tree = read_yaml(recipe_path(base))
     node = tree["methods"][0]
     *parents, leaf = key.split(".")
     for part in parents:
         node = node.setdefault(part, {})
+    if node.get(leaf) == value:
+        return base
     node[leaf] = value
     tree["description"] = f"{tree.get('description', base)} [{key}={value}]"
     path = profile.runs_dir / "recipes" / f"{base}@{key.split('.')[-1]}={value}.yaml"
     text = yaml.safe_dump(tree, sort_keys=False)
     if not path.exists() or path.read_text() != text:
         atomic_write_text(path, text)
-    return path
+    return str(path)
 
 
 def read_results(run_dir: str | Path) -> dict:

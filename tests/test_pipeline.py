@@ -62,6 +62,14 @@ def test_sweep_ablation_derives_one_recipe_per_value(profile):
     assert list(recipes) == ["bpkd@edge_width=3", "bpkd@edge_width=5"]
     text = open(recipes["bpkd@edge_width=5"]).read()
     assert "edge_width: 5" in text
+
+
+def test_a_sweep_value_the_base_recipe_has_is_the_base_recipes_run(profile):
+    profile.ablations["widths"] = {"base": "bpkd", "vary": {"options.edge_width": [5, 7]}}  # bpkd has 7
+    assert pipeline.ablation_recipes(profile, "widths")["bpkd@edge_width=7"] == "bpkd"
+    configs = pipeline.ablation_configs(profile, "widths")
+    assert configs[("bpkd@edge_width=7", 0)].run_dir.name == "bpkd-s0"
+    assert configs[("bpkd@edge_width=5", 0)].run_dir.name == "bpkd@edge_width=5-s0"
     with pytest.raises(ConfigError, match="no ablation group"):
         pipeline.ablation_configs(profile, "nope")
 
@@ -79,7 +87,7 @@ def test_a_diverging_method_is_recorded_and_the_comparison_goes_on(profile, tmp_
     runs = {key: cfg.run_dir for key, cfg in configs.items()}
     diverged = json.loads((runs[("explode", 0)] / pipeline.DIVERGED).read_text())
     assert diverged["iteration"] >= 1 and "kd.pixel" in diverged["error"]
-    assert pipeline.run_state(pipeline.student_config(profile, 0, str(recipe), label="explode")) == "done"
+    assert pipeline.run_state(pipeline.student_config(profile, 0, str(recipe))) == "done"
     rows = {r["method"]: r for r in pipeline.summary_rows(runs)}
     assert rows["explode"]["diverged"] == 1 and rows["explode"]["mIoU"] != rows["explode"]["mIoU"]  # NaN
     assert rows["baseline"]["diverged"] == 0
