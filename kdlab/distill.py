@@ -72,15 +72,34 @@ def load_recipe(recipe: str) -> list[RecipeEntry]:
     return entries
 
 
+class TeacherPass:
+    """The frozen teacher's taps for the current batch, computed once for every objective that reads
+    them: the runs of a cohort share one, so the teacher runs once per batch, not once per student."""
+
+    def __init__(self, teacher: SegModel):
+        self.model = teacher.eval().requires_grad_(False)
+        self.taps: set[str] = set()  # the union of what its readers need
+        self._key: tuple[torch.Tensor, int] | None = None
+        self._outputs: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def __call__(self, image: torch.Tensor, iteration: int) -> dict[str, torch.Tensor]:
+        if self._key is None or self._key[0] is not image or self._key[1] != iteration:
+            self._outputs = self.model.forward_taps(image, self.taps)
+            self._key = (image, iteration)
+        return self._outputs
+
+
 class DistillObjective(nn.Module):
     """Cross-entropy plus the weighted terms of every recipe entry, against a frozen teacher."""
 
-    def __init__(self, teacher: SegModel, student: SegModel, entries: list[RecipeEntry], num_classes: int,
+    def __init__(self, teacher: TeacherPass, student: SegModel, entries: list[RecipeEntry], num_classes: int,
                  total_iterations: int, warmup_iters: int = 0):
         super().__init__()
-        self.teacher = teacher.eval().requires_grad_(False)
-        ctx = MethodContext(student.tap_channels, teacher.tap_channels, student.stage_names,
-                            teacher.stage_names, num_classes)
+        self.teacher_pass = teacher
+        self.teacher = teacher.model  # a submodule, so that it follows .to(device) and eval()
+        ctx = MethodContext(student.tap_channels, self.teacher.tap_channels, student.stage_names,
+                            self.teacher.stage_names, num_classes)
         self.methods = nn.ModuleDict()
         self.weights: dict[str, float] = {}
         for entry in entries:
@@ -94,6 +113,7 @@ class DistillObjective(nn.Module):
                 self.weights[f"{entry.name}.{term}"] = entry.weight * float(entry.term_weights.get(term, default))
         self.student_taps = tuple(sorted(set().union(*(m.tap_names("student") for m in self.methods.values()))))
         self.teacher_taps = tuple(sorted(set().union(*(m.tap_names("teacher") for m in self.methods.values()))))
+        teacher.taps.update(self.teacher_taps)
         self.total_iterations = total_iterations
         self.warmup_iters = warmup_iters
 
@@ -106,8 +126,7 @@ class DistillObjective(nn.Module):
         return min(1.0, iteration / self.warmup_iters) if self.warmup_iters else 1.0
 
     def forward(self, student: dict, batch: dict, iteration: int) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            teacher = self.teacher.forward_taps(batch["image"], self.teacher_taps)
+        teacher = self.teacher_pass(batch["image"], iteration)
         ce = segmentation_ce(student, batch)
         step = Step(iteration, self.total_iterations)
         terms, scale = {"ce": ce}, {}
@@ -143,14 +162,23 @@ def check_distill_config(cfg: RunConfig) -> list[RecipeEntry]:
     return entries
 
 
-def distill_objective(cfg: RunConfig, student: SegModel, meta: dict, device: torch.device) -> DistillObjective:
-    """The objective factory `kdlab.engine.train` calls for a distillation run."""
+def teacher_pass(cfg: RunConfig, meta: dict, device: torch.device) -> TeacherPass:
+    """The teacher of `cfg`, loaded once for a cohort of students."""
+    return TeacherPass(load_teacher(cfg, meta, device))
+
+
+def distill_objective(cfg: RunConfig, student: SegModel, meta: dict, device: torch.device,
+                      teacher: TeacherPass | None = None) -> DistillObjective:
+    """The objective factory `kdlab.engine.train_cohort` calls for a distillation run (`teacher`: the
+    cohort's shared teacher; loaded here when not given)."""
     entries = check_distill_config(cfg)
-    teacher = load_teacher(cfg, meta, device)
+    teacher = teacher or teacher_pass(cfg, meta, device)
     objective = DistillObjective(teacher, student, entries, meta["num_classes"], cfg.train.iterations,
                                  cfg.distill.warmup_iters)
     objective.run_files = {"recipe.yaml": recipe_path(cfg.distill.recipe).read_text()}
     return objective
 
 
-distill_objective.check = check_distill_config  # `kdlab.engine.train` runs it before building the data
+# `kdlab.engine.train_cohort` checks every config before building the data, then loads the teacher once.
+distill_objective.check = check_distill_config
+distill_objective.shared = teacher_pass

@@ -9,10 +9,12 @@ minimised, so logs and notebooks plot terms without knowing the method.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
-from dataclasses import asdict
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -277,30 +279,55 @@ def restore_training_state(path, model, objective, optimizer, scheduler, scaler,
     return int(state["iteration"])
 
 
-ObjectiveFactory = Callable[[RunConfig, SegModel, dict, torch.device], nn.Module]
+ObjectiveFactory = Callable[..., nn.Module]
+"""``factory(cfg, model, meta, device, shared)`` builds a run's objective. Optional attributes:
+``check(cfg)`` validates the config before any data is built, and ``shared(cfg, meta, device)``
+builds what every run of a cohort shares (the distillation teacher), once per cohort."""
 
 
-def supervised_objective(cfg, model, meta, device) -> nn.Module:
+def supervised_objective(cfg, model, meta, device, shared=None) -> nn.Module:
     return SupervisedObjective()
 
 
-def train(cfg: RunConfig, resume: bool = False, until: int | None = None,
-          objective_factory: ObjectiveFactory = supervised_objective, progress: bool = True) -> Path:
-    """Train `cfg.model` (from scratch or from the run directory's checkpoint) and evaluate it.
+@dataclass
+class Trainee:
+    """One run of a cohort: its model, objective, optimiser state, run directory and global-RNG state."""
 
-    `until` stops after that iteration (checkpoint written) so that a later `resume` continues;
-    the schedule always spans `cfg.train.iterations`.
-    """
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
-    validate_spec(cfg.model)  # before the dataset is generated, which can take a while
-    if hasattr(objective_factory, "check"):
-        objective_factory.check(cfg)
-    seed_everything(cfg.train.seed)
-    train_set, val_set, meta = build_data(cfg)
-    model = build_model(cfg.model, meta["num_classes"]).to(device)
-    objective = objective_factory(cfg, model, meta, device).to(device)
+    cfg: RunConfig
+    run: RunDir
+    model: SegModel
+    objective: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    meta: dict
+    start: int
+    rng: dict = field(default_factory=dict)
+
+    @contextmanager
+    def own_rng(self):
+        """Run the block with this run's global RNG (dropout, ...), as if it trained alone."""
+        restore_rng_state(self.rng)
+        try:
+            yield
+        finally:
+            self.rng = rng_state()
+
+    def save(self, iteration: int) -> None:
+        save_checkpoint(self.run.checkpoint, checkpoint_state(self.model, self.objective, self.optimizer,
+                                                              self.scheduler, self.scaler, self.cfg, self.meta,
+                                                              iteration))
+
+
+def cohort_key(cfg: RunConfig) -> RunConfig:
+    """What the runs of one cohort share: everything but the run name and the recipe."""
+    return replace(cfg, name="", distill=replace(cfg.distill, recipe=None))
+
+
+def _setup_trainee(cfg: RunConfig, model: SegModel, shared, objective_factory: ObjectiveFactory, meta: dict,
+                   device: torch.device, resume: bool, start_rng: dict) -> Trainee:
+    restore_rng_state(start_rng)  # the state a run alone would have here: every member starts alike
+    objective = objective_factory(cfg, model, meta, device, shared).to(device)
     run = prepare_run_dir(cfg, resume)
     for name, text in getattr(objective, "run_files", {}).items():
         atomic_write_text(run.path / name, text)
@@ -311,41 +338,114 @@ def train(cfg: RunConfig, resume: bool = False, until: int | None = None,
     if resume:
         start = restore_training_state(run.checkpoint, model, objective, optimizer, scheduler, scaler, meta)
         run.truncate_logs(start)
-    end = min(cfg.train.iterations, until) if until is not None else cfg.train.iterations
+    return Trainee(cfg, run, model, objective, optimizer, scheduler, scaler, meta, start, rng_state())
 
-    def save(iteration: int) -> None:
-        save_checkpoint(run.checkpoint, checkpoint_state(model, objective, optimizer, scheduler, scaler,
-                                                         cfg, meta, iteration))
 
-    loader = make_loader(train_set, cfg, start, end)
-    bar = tqdm(total=end, initial=start, desc=cfg.name, disable=not progress, dynamic_ncols=True, mininterval=1.0)
+def _build_cohort(cfgs: list[RunConfig], resume: bool, objective_factory: ObjectiveFactory,
+                  device: torch.device) -> tuple[list[Trainee], SegmentationFolder, SegmentationFolder]:
+    first = cfgs[0]
+    seed_everything(first.train.seed)
+    train_set, val_set, meta = build_data(first)
+    model = build_model(first.model, meta["num_classes"]).to(device)
+    shared = objective_factory.shared(first, meta, device) if hasattr(objective_factory, "shared") else None
+    start_rng = rng_state()
+    trainees = [_setup_trainee(cfg, copy.deepcopy(model) if i else model, shared, objective_factory, meta,
+                               device, resume, start_rng) for i, cfg in enumerate(cfgs)]
+    starts = {t.start for t in trainees}
+    if len(starts) > 1:
+        raise ConfigError(f"a cohort resumes from one iteration; its checkpoints are at {sorted(starts)}")
+    return trainees, train_set, val_set
+
+
+def _step(t: Trainee, batch: dict, iteration: int, device: torch.device, elapsed: float, progress: bool,
+          val_set, end: int) -> dict[str, float]:
+    """One optimisation step of one run, with its logging, evaluation and checkpointing."""
+    cfg = t.cfg
+    with t.own_rng():
+        lr = t.optimizer.param_groups[0]["lr"]
+        values = train_one_step(t.model, t.objective, batch, t.optimizer, t.scaler, cfg, iteration, device)
+        t.scheduler.step()
+        t.run.append(t.run.log, {"iteration": iteration, "lr": lr, "time_s": round(elapsed, 3), **values})
+        if iteration == t.start + 1:
+            report_start_terms(t.run, values, getattr(t.objective, "weights", {}), progress)
+        if cfg.train.eval_interval and iteration % cfg.train.eval_interval == 0 and iteration < end:
+            t.run.append(t.run.eval_log, {"iteration": iteration, **summary(evaluate(
+                t.model, val_set, cfg, device, t.meta["num_classes"], progress))})
+        if iteration % cfg.train.checkpoint_interval == 0 and iteration < end:
+            t.save(iteration)
+    return values
+
+
+def _finish(t: Trainee, end: int, val_set, device: torch.device, seconds: float, cohort_size: int,
+            progress: bool) -> Path:
+    with t.own_rng():
+        t.save(end)
+    if end == t.cfg.train.iterations:
+        scores = evaluate(t.model, val_set, t.cfg, device, t.meta["num_classes"], progress)
+        t.run.append(t.run.eval_log, {"iteration": end, **summary(scores)})
+        results = {"iteration": end, "train_time_s": round(seconds, 2), "cohort_size": cohort_size,
+                   "class_names": t.meta["class_names"], **scores}
+        atomic_write_text(t.run.results, json.dumps(results, indent=1, default=_jsonable))
+    return t.run.path
+
+
+def train_cohort(cfgs: list[RunConfig], resume: bool = False, until: int | None = None,
+                 objective_factory: ObjectiveFactory = supervised_objective,
+                 progress: bool = True) -> list[Path | NonFiniteLoss]:
+    """Train runs that differ only in name and recipe on one data stream, one step of each per batch.
+
+    Each run draws its own global RNG and ends bit for bit where it would alone; what the factory
+    shares (the teacher) runs once per batch for all of them. A run whose loss turns NaN/inf drops
+    out (its error is returned in its place) and the others go on. `until` stops after that
+    iteration (checkpoints written) so that a later `resume` continues; the schedule always spans
+    ``train.iterations``. ``train_time_s`` in results.json is the cohort's wall time.
+    """
+    first = cfgs[0]
+    others = [cfg.name for cfg in cfgs[1:] if cohort_key(cfg) != cohort_key(first)]
+    if others:
+        raise ConfigError(f"runs {others} differ from {first.name!r} in more than name and recipe: "
+                          f"train them in separate cohorts")
+    if first.train.threads:
+        torch.set_num_threads(first.train.threads)
+    device = resolve_device(first.train.device)
+    validate_spec(first.model)  # before the dataset is generated, which can take a while
+    if hasattr(objective_factory, "check"):
+        for cfg in cfgs:
+            objective_factory.check(cfg)
+    trainees, train_set, val_set = _build_cohort(cfgs, resume, objective_factory, device)
+    start = trainees[0].start
+    end = min(first.train.iterations, until) if until is not None else first.train.iterations
+    outcomes: dict[str, Path | NonFiniteLoss] = {}
+    loader = make_loader(train_set, first, start, end)
+    desc = first.name if len(cfgs) == 1 else f"{len(cfgs)} runs (seed {first.train.seed})"
+    bar = tqdm(total=end, initial=start, desc=desc, disable=not progress, dynamic_ncols=True, mininterval=1.0)
     tic = time.perf_counter()
     for iteration, batch in enumerate(loader, start=start + 1):
-        lr = optimizer.param_groups[0]["lr"]
-        values = train_one_step(model, objective, batch, optimizer, scaler, cfg, iteration, device)
-        scheduler.step()
-        elapsed = time.perf_counter() - tic
-        run.append(run.log, {"iteration": iteration, "lr": lr,
-                             "time_s": round(elapsed, 3), **values})
+        batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        for t in [t for t in trainees if t.cfg.name not in outcomes]:
+            try:
+                values = _step(t, batch, iteration, device, time.perf_counter() - tic, progress, val_set, end)
+            except NonFiniteLoss as err:
+                outcomes[t.cfg.name] = err
+                continue
+            if len(cfgs) == 1 and (iteration % first.train.log_interval == 0 or iteration == 1):
+                bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()})
         bar.update(1)
-        if iteration == start + 1:
-            report_start_terms(run, values, getattr(objective, "weights", {}), progress)
-        if iteration % cfg.train.log_interval == 0 or iteration == 1:
-            bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()})
-        if cfg.train.eval_interval and iteration % cfg.train.eval_interval == 0 and iteration < end:
-            run.append(run.eval_log, {"iteration": iteration, **summary(evaluate(
-                model, val_set, cfg, device, meta["num_classes"], progress))})
-        if iteration % cfg.train.checkpoint_interval == 0 and iteration < end:
-            save(iteration)
     bar.close()
-    save(end)
-    if end == cfg.train.iterations:
-        scores = evaluate(model, val_set, cfg, device, meta["num_classes"], progress)
-        run.append(run.eval_log, {"iteration": end, **summary(scores)})
-        results = {"iteration": end, "train_time_s": round(time.perf_counter() - tic, 2),
-                   "class_names": meta["class_names"], **scores}
-        atomic_write_text(run.results, json.dumps(results, indent=1, default=_jsonable))
-    return run.path
+    for t in trainees:
+        if t.cfg.name not in outcomes:
+            outcomes[t.cfg.name] = _finish(t, end, val_set, device, time.perf_counter() - tic, len(cfgs), progress)
+    return [outcomes[cfg.name] for cfg in cfgs]
+
+
+def train(cfg: RunConfig, resume: bool = False, until: int | None = None,
+          objective_factory: ObjectiveFactory = supervised_objective, progress: bool = True) -> Path:
+    """Train `cfg.model` (from scratch or from the run directory's checkpoint) and evaluate it: a cohort
+    of one (`train_cohort`). A NaN/inf loss term raises `NonFiniteLoss`."""
+    (outcome,) = train_cohort([cfg], resume, until, objective_factory, progress)
+    if isinstance(outcome, NonFiniteLoss):
+        raise outcome
+    return outcome
 
 
 def report_start_terms(run: RunDir, values: dict[str, float], weights: dict[str, float], progress: bool) -> None:

@@ -13,13 +13,15 @@ A profile (``configs/profiles/<name>.yaml``) is configuration only::
 
 Runs live in ``<runs_root>/<profile>/<run name>``. `ensure_run` reuses a finished run whose
 resolved config (and recipe) is unchanged, resumes an unfinished one, and retrains one whose
-config changed. With ``jobs`` > 1, the runs a notebook needs are trained that many at a time,
-each worker with an equal share of the CPU threads.
+config changed. Runs that differ only in their recipe train as cohorts that share one teacher
+pass per batch (`cohorts`); with ``jobs`` > 1, that many cohorts train at a time, each worker
+with an equal share of the CPU threads.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -33,9 +35,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from tqdm import tqdm
 
-from kdlab.config import RunConfig, config_from_dict, load_config, named_yaml, read_yaml
+from kdlab.config import RunConfig, config_from_dict, dump_config, load_config, named_yaml, read_yaml
 from kdlab.distill import distill_objective, recipe_path
-from kdlab.engine import NonFiniteLoss, RunDir, dataset_root, supervised_objective, train
+from kdlab.engine import NonFiniteLoss, RunDir, cohort_key, dataset_root, supervised_objective, train_cohort
 from kdlab.errors import ConfigError
 from kdlab.runtime import atomic_write_text
 
@@ -148,20 +150,48 @@ def run_state(cfg: RunConfig) -> str:
     return "partial" if run.checkpoint.exists() else "stale"
 
 
+MAX_COHORT = 12  # runs trained together in one process; each holds its weights and optimiser state
+
+
+def cohorts(configs: list[RunConfig], jobs: int = 1, max_size: int = MAX_COHORT) -> list[list[RunConfig]]:
+    """Runs to train together. New runs that differ only in name and recipe form a cohort (one data
+    stream, one teacher pass per batch, `kdlab.engine.train_cohort`), split round-robin into at least
+    `jobs` parts, so that parallel workers stay busy, of at most `max_size` runs; an unfinished run
+    resumes alone."""
+    groups: dict[str, list[RunConfig]] = {}
+    singles = []
+    for cfg in configs:
+        if run_state(cfg) == "partial":
+            singles.append([cfg])
+        else:
+            groups.setdefault(dump_config(cohort_key(cfg)), []).append(cfg)
+    parts = []
+    for group in groups.values():
+        n = min(len(group), max(jobs, math.ceil(len(group) / max_size)))
+        parts += [group[i::n] for i in range(n)]
+    return singles + parts
+
+
+def ensure_cohort(cfgs: list[RunConfig], progress: bool = True) -> None:
+    """Train the runs of one cohort (see `cohorts`); a run whose loss became NaN/inf is recorded as
+    diverged (a result) and the others go on."""
+    states = [run_state(cfg) for cfg in cfgs]
+    for cfg, state in zip(cfgs, states):
+        if state == "stale":
+            shutil.rmtree(cfg.run_dir)
+    factory = distill_objective if cfgs[0].distill.recipe else supervised_objective
+    outcomes = train_cohort(cfgs, resume=states[0] == "partial", objective_factory=factory, progress=progress)
+    for cfg, outcome in zip(cfgs, outcomes):
+        if isinstance(outcome, NonFiniteLoss):
+            atomic_write_text(cfg.run_dir / DIVERGED, json.dumps({"iteration": outcome.iteration, "error": str(outcome)}))
+            print(f"{cfg.name}: diverged ({outcome})")
+
+
 def ensure_run(cfg: RunConfig, progress: bool = True) -> Path:
     """Train the run described by `cfg` unless an identical finished run exists; returns its directory."""
-    state = run_state(cfg)
-    if state == "done":
-        return cfg.run_dir
-    if state == "stale":
-        shutil.rmtree(cfg.run_dir)
-    factory = distill_objective if cfg.distill.recipe else supervised_objective
-    try:
-        return train(cfg, resume=state == "partial", objective_factory=factory, progress=progress)
-    except NonFiniteLoss as err:  # a diverging method is a result: record it and go on
-        atomic_write_text(cfg.run_dir / DIVERGED, json.dumps({"iteration": err.iteration, "error": str(err)}))
-        print(f"{cfg.name}: diverged ({err})")
-        return cfg.run_dir
+    if run_state(cfg) != "done":
+        ensure_cohort([cfg], progress)
+    return cfg.run_dir
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -175,30 +205,32 @@ def _start_worker(threads: int) -> None:
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
 
 
-def _train_quietly(cfg: RunConfig) -> str:
-    ensure_run(cfg, progress=False)
-    return cfg.name
+def _train_quietly(cfgs: list[RunConfig]) -> list[str]:
+    ensure_cohort(cfgs, progress=False)
+    return [cfg.name for cfg in cfgs]
 
 
 def ensure_runs(configs: list[RunConfig], jobs: int = 1, progress: bool = True) -> None:
-    """Train every run of `configs` that is not done, `jobs` at a time. Parallel runs train in spawned
-    worker processes with an equal share of the CPU threads (the progress bar names each finished run);
-    an error (or an interrupt) in any of them stops them all."""
-    todo = [cfg for cfg in configs if run_state(cfg) != "done"]
+    """Train every run of `configs` that is not done, in cohorts (`cohorts`), `jobs` cohorts at a time.
+    Parallel cohorts train in spawned worker processes with an equal share of the CPU threads (the
+    progress bar counts runs and names the last cohort finished); an error (or an interrupt) in any of
+    them stops them all."""
+    todo = cohorts([cfg for cfg in configs if run_state(cfg) != "done"], jobs)
     if jobs == 1 or len(todo) < 2:
-        for cfg in todo:
-            ensure_run(cfg, progress)
+        for cfgs in todo:
+            ensure_cohort(cfgs, progress)
         return
-    for cfg in todo:
-        dataset_root(cfg)  # generate a missing dataset once, not in every worker
+    for cfgs in todo:
+        dataset_root(cfgs[0])  # generate a missing dataset once, not in every worker
     threads = max(1, torch.get_num_threads() // jobs)
     context = multiprocessing.get_context("spawn")
     with context.Pool(min(jobs, len(todo)), _start_worker, (threads,)) as pool:  # leaving it terminates workers
-        bar = tqdm(total=len(todo), desc=f"{len(todo)} runs, {jobs} at a time", disable=not progress,
+        runs = sum(len(cfgs) for cfgs in todo)
+        bar = tqdm(total=runs, desc=f"{runs} runs in {len(todo)} cohorts, {jobs} at a time", disable=not progress,
                    dynamic_ncols=True)
-        for name in pool.imap_unordered(_train_quietly, todo):
-            bar.set_postfix_str(f"finished {name}")
-            bar.update(1)
+        for names in pool.imap_unordered(_train_quietly, todo):
+            bar.set_postfix_str(f"finished {', '.join(names)}")
+            bar.update(len(names))
         bar.close()
 
 

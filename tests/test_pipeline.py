@@ -82,7 +82,7 @@ def test_unknown_profile_lists_the_available_ones():
 def test_a_diverging_method_is_recorded_and_the_comparison_goes_on(profile, tmp_path):
     recipe = tmp_path / "explode.yaml"
     recipe.write_text("methods:\n  - method: kd\n    term_weights: {pixel: 1.0e+30}\n")
-    configs = pipeline.student_configs(profile, {"baseline": None, "explode": str(recipe)}, [0])
+    configs = pipeline.student_configs(profile, {"baseline": None, "kd": "kd", "explode": str(recipe)}, [0])
     pipeline.ensure_students(profile, list(configs.values()), progress=False)
     runs = {key: cfg.run_dir for key, cfg in configs.items()}
     diverged = json.loads((runs[("explode", 0)] / pipeline.DIVERGED).read_text())
@@ -90,7 +90,7 @@ def test_a_diverging_method_is_recorded_and_the_comparison_goes_on(profile, tmp_
     assert pipeline.run_state(pipeline.student_config(profile, 0, str(recipe))) == "done"
     rows = {r["method"]: r for r in pipeline.summary_rows(runs)}
     assert rows["explode"]["diverged"] == 1 and rows["explode"]["mIoU"] != rows["explode"]["mIoU"]  # NaN
-    assert rows["baseline"]["diverged"] == 0
+    assert rows["baseline"]["diverged"] == 0 and rows["kd"]["diverged"] == 0  # kd trained beside it
 
 
 def test_ablation_groups_train_as_one_queue_and_share_runs(profile):
