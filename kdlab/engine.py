@@ -357,7 +357,7 @@ def _build_cohort(cfgs: list[RunConfig], resume: bool, objective_factory: Object
     return trainees, train_set, val_set
 
 
-def _step(t: Trainee, batch: dict, iteration: int, device: torch.device, elapsed: float, progress: bool,
+def _step(t: Trainee, batch: dict, iteration: int, device: torch.device, tic: float, progress: bool,
           val_set, end: int) -> dict[str, float]:
     """One optimisation step of one run, with its logging, evaluation and checkpointing."""
     cfg = t.cfg
@@ -365,7 +365,8 @@ def _step(t: Trainee, batch: dict, iteration: int, device: torch.device, elapsed
         lr = t.optimizer.param_groups[0]["lr"]
         values = train_one_step(t.model, t.objective, batch, t.optimizer, t.scaler, cfg, iteration, device)
         t.scheduler.step()
-        t.run.append(t.run.log, {"iteration": iteration, "lr": lr, "time_s": round(elapsed, 3), **values})
+        t.run.append(t.run.log, {"iteration": iteration, "lr": lr, "time_s": round(time.perf_counter() - tic, 3),
+                                 **values})
         if iteration == t.start + 1:
             report_start_terms(t.run, values, getattr(t.objective, "weights", {}), progress)
         if cfg.train.eval_interval and iteration % cfg.train.eval_interval == 0 and iteration < end:
@@ -376,14 +377,14 @@ def _step(t: Trainee, batch: dict, iteration: int, device: torch.device, elapsed
     return values
 
 
-def _finish(t: Trainee, end: int, val_set, device: torch.device, seconds: float, cohort_size: int,
+def _finish(t: Trainee, end: int, val_set, device: torch.device, tic: float, cohort_size: int,
             progress: bool) -> Path:
     with t.own_rng():
         t.save(end)
     if end == t.cfg.train.iterations:
         scores = evaluate(t.model, val_set, t.cfg, device, t.meta["num_classes"], progress)
         t.run.append(t.run.eval_log, {"iteration": end, **summary(scores)})
-        results = {"iteration": end, "train_time_s": round(seconds, 2), "cohort_size": cohort_size,
+        results = {"iteration": end, "train_time_s": round(time.perf_counter() - tic, 2), "cohort_size": cohort_size,
                    "class_names": t.meta["class_names"], **scores}
         atomic_write_text(t.run.results, json.dumps(results, indent=1, default=_jsonable))
     return t.run.path
@@ -398,7 +399,8 @@ def train_cohort(cfgs: list[RunConfig], resume: bool = False, until: int | None 
     shares (the teacher) runs once per batch for all of them. A run whose loss turns NaN/inf drops
     out (its error is returned in its place) and the others go on. `until` stops after that
     iteration (checkpoints written) so that a later `resume` continues; the schedule always spans
-    ``train.iterations``. ``train_time_s`` in results.json is the cohort's wall time.
+    ``train.iterations``. ``train_time_s`` in results.json is the wall time from the cohort's start
+    to the run's results (its evaluation included).
     """
     first = cfgs[0]
     others = [cfg.name for cfg in cfgs[1:] if cohort_key(cfg) != cohort_key(first)]
@@ -424,7 +426,7 @@ def train_cohort(cfgs: list[RunConfig], resume: bool = False, until: int | None 
         batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         for t in [t for t in trainees if t.cfg.name not in outcomes]:
             try:
-                values = _step(t, batch, iteration, device, time.perf_counter() - tic, progress, val_set, end)
+                values = _step(t, batch, iteration, device, tic, progress, val_set, end)
             except NonFiniteLoss as err:
                 outcomes[t.cfg.name] = err
                 continue
@@ -434,7 +436,7 @@ def train_cohort(cfgs: list[RunConfig], resume: bool = False, until: int | None 
     bar.close()
     for t in trainees:
         if t.cfg.name not in outcomes:
-            outcomes[t.cfg.name] = _finish(t, end, val_set, device, time.perf_counter() - tic, len(cfgs), progress)
+            outcomes[t.cfg.name] = _finish(t, end, val_set, device, tic, len(cfgs), progress)
     return [outcomes[cfg.name] for cfg in cfgs]
 
 

@@ -157,7 +157,7 @@ def cohorts(configs: list[RunConfig], jobs: int = 1, max_size: int = MAX_COHORT)
     """Runs to train together. New runs that differ only in name and recipe form a cohort (one data
     stream, one teacher pass per batch, `kdlab.engine.train_cohort`), split round-robin into at least
     `jobs` parts, so that parallel workers stay busy, of at most `max_size` runs; an unfinished run
-    resumes alone."""
+    resumes alone. Largest first."""
     groups: dict[str, list[RunConfig]] = {}
     singles = []
     for cfg in configs:
@@ -169,7 +169,7 @@ def cohorts(configs: list[RunConfig], jobs: int = 1, max_size: int = MAX_COHORT)
     for group in groups.values():
         n = min(len(group), max(jobs, math.ceil(len(group) / max_size)))
         parts += [group[i::n] for i in range(n)]
-    return singles + parts
+    return sorted(singles + parts, key=len, reverse=True)  # largest first: parallel workers finish together
 
 
 def ensure_cohort(cfgs: list[RunConfig], progress: bool = True) -> None:

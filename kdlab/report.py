@@ -20,6 +20,7 @@ back on the device of the images passed in.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
@@ -202,7 +203,7 @@ def label_colours(labels: Sequence[str]) -> dict[str, tuple]:
     """One tab10 colour per label: "teacher" and "baseline" always take the first two, the methods
     the next ones in order, so a method keeps its colour in figures that leave those two out."""
     ordered = [*REFERENCE_LABELS, *(label for label in labels if label not in REFERENCE_LABELS)]
-    cmap = matplotlib.colormaps["tab10"]
+    cmap = matplotlib.colormaps["tab10" if len(ordered) <= 10 else "tab20"]  # no colour twice
     return {label: cmap(ordered.index(label) % cmap.N) for label in labels}
 
 
@@ -215,9 +216,10 @@ def comparison_figure(rows: Sequence[Mapping], metrics: Sequence[str] = COMPARIS
     """One bar chart per metric: the mean of each method with its std over seeds as error bar."""
     labels = [row["method"] for row in rows]
     colours = label_colours(labels)
-    fig, axes = _figure(1, len(metrics), width=3.2, height=3.2)
+    ncols = len(metrics) if len(labels) <= 10 else 2  # many methods: wider panels on two columns
+    fig, axes = _figure(math.ceil(len(metrics) / ncols), ncols, width=max(3.2, 0.3 * len(labels)), height=3.2)
     positions = np.arange(len(labels))
-    for ax, metric in zip(axes[0], metrics):
+    for ax, metric in zip(axes.ravel(), metrics):
         ax.bar(positions, [row[metric] for row in rows], yerr=[np.nan_to_num(row[f"{metric}_std"]) for row in rows],
                capsize=3, color=[colours[label] for label in labels])
         for position, row in zip(positions, rows):
@@ -226,7 +228,8 @@ def comparison_figure(rows: Sequence[Mapping], metrics: Sequence[str] = COMPARIS
         ax.set_xticks(positions, labels, rotation=45, ha="right", rotation_mode="anchor")
         ax.set_title(METRIC_TITLES.get(metric, metric), fontsize="medium")
         ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].set_ylabel("score (fraction)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("score (fraction)")
     fig.suptitle("Method comparison (mean ± std over seeds)")
     return fig
 
@@ -474,8 +477,11 @@ def gains_over(rows: Sequence[Mapping], reference: str = "baseline",
 
 
 def grouped_bars_figure(rows: Sequence[Mapping], ylabel: str, title: str) -> Figure:
-    """Grouped bars: one group per class (row), one bar per label (the other columns)."""
+    """Grouped bars: one group per class (row), one bar per label (the other columns); with more
+    than 8 labels, a class × label heat map with the values written in (bars would be too thin)."""
     labels = [k for k in rows[0] if k != "class"]
+    if len(labels) > 8:
+        return _heatmap_figure(rows, labels, ylabel, title)
     colours = label_colours(labels)
     width = 0.8 / len(labels)
     positions = np.arange(len(rows))
@@ -490,6 +496,26 @@ def grouped_bars_figure(rows: Sequence[Mapping], ylabel: str, title: str) -> Fig
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small", ncols=min(len(labels), 6))
+    return fig
+
+
+def _heatmap_figure(rows: Sequence[Mapping], labels: Sequence[str], colorbar_label: str, title: str) -> Figure:
+    values = np.array([[row[label] for row in rows] for label in labels], dtype=float)
+    signed = np.nanmin(values) < 0  # gains: a diverging map centred on 0
+    limit = np.nanmax(np.abs(values)) if signed else 1.0
+    fig, axes = _figure(1, 1, width=max(5.0, 0.75 * len(rows) + 2.5), height=max(3.0, 0.3 * len(labels) + 1.2))
+    ax = axes[0, 0]
+    shown = ax.imshow(values, cmap="RdBu" if signed else "viridis", vmin=-limit if signed else 0.0, vmax=limit,
+                      aspect="auto")
+    for (i, j), value in np.ndenumerate(values):
+        if np.isfinite(value):
+            dark = abs(value) > 0.6 * limit if signed else value < 0.5
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize="x-small",
+                    color="white" if dark else "black")
+    ax.set_xticks(range(len(rows)), [row["class"] for row in rows], rotation=30, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_title(title)
+    fig.colorbar(shown, ax=ax, label=colorbar_label)
     return fig
 
 

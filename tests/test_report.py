@@ -302,6 +302,21 @@ def test_figures_have_one_axes_per_panel(tiny_runs, models, samples, comparison_
         assert _visible_axes(fig) == expected, name
 
 
+def test_many_methods_get_distinct_colours_wider_panels_and_a_heat_map():
+    methods = [f"method{i}" for i in range(15)]
+    colours = report.label_colours(["teacher", "baseline", *methods])
+    assert len(set(colours.values())) == 17
+    rows = [{"method": m, **{k: 0.5 for k in report.COMPARISON_METRICS},
+             **{f"{k}_std": 0.0 for k in report.COMPARISON_METRICS}} for m in methods]
+    fig = report.comparison_figure(rows)
+    assert _visible_axes(fig) == len(report.COMPARISON_METRICS) and fig.get_size_inches()[0] < 12
+    gains = [{"class": c, **{m: 0.1 * i - 0.5 for i, m in enumerate(methods)}} for c in ("road", "car")]
+    fig = report.grouped_bars_figure(gains, "gain", "gains")
+    heat = fig.axes[0]
+    assert heat.images and [t.get_text() for t in heat.get_yticklabels()] == methods
+    assert len(heat.texts) == 2 * len(methods) and heat.texts[0].get_text() == "-0.50"
+
+
 def test_explorer_renders_every_overlay_and_names_bad_choices(models, samples):
     two = {label: models[label] for label in ("teacher", "bcd_skd")}
     data = report.explorer_data(two, samples, samples.class_names[0])
