@@ -47,6 +47,15 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return state
 
 
+def checkpoint_iteration(path: str | Path) -> int:
+    """The iteration a checkpoint was written at, without reading its tensors (memory-mapped)."""
+    path = resolve_checkpoint_path(path)
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["iteration"])
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({str(err).splitlines()[0]})") from err
+
+
 def check_dataset_match(state: dict, dataset_meta: dict, path: str | Path, role: str = "checkpoint") -> None:
     """The checkpoint was trained on the same classes as `dataset_meta`."""
     saved = state.get("dataset", {})

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from tqdm import tqdm
 
+from kdlab.checkpoint import checkpoint_iteration
 from kdlab.config import RunConfig, config_from_dict, dump_config, load_config, named_yaml, read_yaml
 from kdlab.distill import distill_objective, recipe_path
 from kdlab.engine import NonFiniteLoss, RunDir, cohort_key, dataset_root, supervised_objective, train_cohort
@@ -154,22 +155,19 @@ MAX_COHORT = 12  # runs trained together in one process; each holds its weights 
 
 
 def cohorts(configs: list[RunConfig], jobs: int = 1, max_size: int = MAX_COHORT) -> list[list[RunConfig]]:
-    """Runs to train together. New runs that differ only in name and recipe form a cohort (one data
-    stream, one teacher pass per batch, `kdlab.engine.train_cohort`), split round-robin into at least
-    `jobs` parts, so that parallel workers stay busy, of at most `max_size` runs; an unfinished run
-    resumes alone. Largest first."""
-    groups: dict[str, list[RunConfig]] = {}
-    singles = []
+    """Runs to train together. Runs that differ only in name and recipe and start from the same
+    iteration (0, or the checkpoint an interrupted cohort left) form a cohort (one data stream, one
+    teacher pass per batch, `kdlab.engine.train_cohort`), split round-robin into at least `jobs`
+    parts, so that parallel workers stay busy, of at most `max_size` runs. Largest first."""
+    groups: dict[tuple[str, int], list[RunConfig]] = {}
     for cfg in configs:
-        if run_state(cfg) == "partial":
-            singles.append([cfg])
-        else:
-            groups.setdefault(dump_config(cohort_key(cfg)), []).append(cfg)
+        start = checkpoint_iteration(RunDir(cfg.run_dir).checkpoint) if run_state(cfg) == "partial" else 0
+        groups.setdefault((dump_config(cohort_key(cfg)), start), []).append(cfg)
     parts = []
     for group in groups.values():
         n = min(len(group), max(jobs, math.ceil(len(group) / max_size)))
         parts += [group[i::n] for i in range(n)]
-    return sorted(singles + parts, key=len, reverse=True)  # largest first: parallel workers finish together
+    return sorted(parts, key=len, reverse=True)  # largest first: parallel workers finish together
 
 
 def ensure_cohort(cfgs: list[RunConfig], progress: bool = True) -> None:

@@ -111,3 +111,14 @@ def test_cohorts_group_runs_by_everything_but_the_recipe(profile):
     assert all(bool(c.distill.recipe) == bool(part[0].distill.recipe) for part in parts for c in part)
     assert len(parts) == 2 + 2 * 3  # per seed: the baseline alone, five recipes in three parts of <= 2
     assert len(pipeline.cohorts(configs, jobs=1, max_size=12)) == 4  # per seed: baseline, one cohort
+
+
+def test_an_interrupted_cohort_resumes_as_a_cohort(profile):
+    kd, cwd, mimic = (pipeline.student_config(profile, 0, r) for r in ("kd", "cwd", "mimic"))
+    pipeline.ensure_teacher(profile, progress=False)
+    train_cohort([kd, cwd], until=1, objective_factory=distill_objective, progress=False)  # checkpoints at 1
+    assert pipeline.run_state(kd) == pipeline.run_state(cwd) == "partial"
+    parts = pipeline.cohorts([kd, cwd, mimic])
+    assert sorted([c.name for c in part] for part in parts) == [["kd-s0", "cwd-s0"], ["mimic-s0"]]
+    pipeline.ensure_runs([kd, cwd, mimic], progress=False)
+    assert all(pipeline.run_state(cfg) == "done" for cfg in (kd, cwd, mimic))
