@@ -5,7 +5,7 @@
   over seeds plus parameters, GFLOPs, FPS), `comparison_figure`, `trimap_curves_figure`,
   `training_curves_figure`;
 - first-layer entropy (BPKD Fig. 1): `entropy_maps`, `entropy_points`, `entropy_scatter_figure`;
-- class activation maps (BPKD Fig. 4): `last_encoder_block`, `cam_maps`;
+- class activation maps (BPKD Fig. 4): `last_encoder_block`, `last_encoder_block_name`, `cam_maps`;
 - per-class scores (BPKD Fig. 6 / Table 8, SKD Fig. 4): `per_class_table`, `gains_over`,
   `grouped_bars_figure`;
 - boundaries (BPKD Fig. 2, BCD Fig. 3, SKD Fig. 3): `edge_masks`, `decoupled_logits`,
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
@@ -163,20 +164,23 @@ def count_gflops(model: nn.Module, image_size: int | Sequence[int]) -> float:
 
 
 def measure_fps(model: nn.Module, image_size: int | Sequence[int], warmup: int = 5, repeats: int = 20) -> float:
-    """Forward passes per second at batch 1 on the model's device, timed after ``warmup`` passes."""
+    """Forward passes per second at batch 1 on the model's device: one over the median of
+    ``repeats`` timed passes (robust to the odd slow pass), after ``warmup`` passes."""
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     image = _image_batch(model, image_size)
     synchronize = torch.cuda.synchronize if image.is_cuda else (lambda: None)
+    seconds = []
     with evaluation(model), torch.inference_mode():
         for _ in range(warmup):
             model(image)
         synchronize()
-        tic = time.perf_counter()
         for _ in range(repeats):
+            tic = time.perf_counter()
             model(image)
-        synchronize()
-    return repeats / (time.perf_counter() - tic)
+            synchronize()
+            seconds.append(time.perf_counter() - tic)
+    return 1.0 / statistics.median(seconds)
 
 
 def cost_columns(model: nn.Module, image_size: int | Sequence[int], fps_repeats: int = 20) -> dict:
@@ -192,10 +196,14 @@ def comparison_table(runs: Mapping[tuple[str, int], Path], teacher: str | Path, 
     image_size = tuple(validation_samples(teacher, 1).images.shape[-2:])
     run_dirs = comparison_runs(runs, teacher)
     rows = summary_rows(dict(runs), Path(teacher))
+    costs: dict[str, dict] = {}  # measured once per architecture: distillation changes weights, not cost
     for row in rows:
         # A diverged method left no model; its student has the baseline's architecture and cost.
-        run = run_dirs.get(row["method"], run_dirs["baseline"])
-        row.update(cost_columns(load_model(run, device), image_size, fps_repeats))
+        model = load_model(run_dirs.get(row["method"], run_dirs["baseline"]), device)
+        architecture = repr(model.spec)
+        if architecture not in costs:
+            costs[architecture] = cost_columns(model, image_size, fps_repeats)
+        row.update(costs[architecture])
     return rows
 
 
@@ -423,6 +431,11 @@ def map_grid_figure(rgb: np.ndarray, maps: Mapping[str, object], cmap: str = "vi
 def last_encoder_block(model: SegModel) -> nn.Module:
     """The outermost module of ``model.net.encoder`` whose output is the ``encoder_out`` tap
     (``encoder.layer4`` for smp ResNets, ``layer2`` for the truncated PSPNet encoder)."""
+    return model.net.encoder.get_submodule(last_encoder_block_name(model))
+
+
+def last_encoder_block_name(model: SegModel) -> str:
+    """The name, inside ``model.net.encoder``, of `last_encoder_block`."""
     outputs: dict[str, torch.Tensor] = {}
     modules = dict(model.net.encoder.named_modules())
     handles = [module.register_forward_hook(lambda _m, _i, out, name=name: outputs.__setitem__(name, out))
@@ -436,7 +449,7 @@ def last_encoder_block(model: SegModel) -> nn.Module:
     producers = [name for name, out in outputs.items() if out is encoder_out]
     if not producers:
         raise ValueError(f"model: no submodule of the {model.spec.encoder} encoder returns encoder_out")
-    return modules[min(producers, key=lambda name: name.count("."))]
+    return min(producers, key=lambda name: name.count("."))
 
 
 def class_index(class_names: Sequence[str], name: str) -> int:

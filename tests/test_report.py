@@ -122,6 +122,8 @@ def test_comparison_table_is_mean_and_std_over_seeds_plus_costs(tiny_runs, model
         assert row["params_M"] == pytest.approx(sum(p.numel() for p in models[row["method"]].parameters()) / 1e6)
         assert row["GFLOPs"] > 0 and row["FPS"] > 0
     assert rows[0]["GFLOPs"] > rows[1]["GFLOPs"]  # the DeepLabV3+ teacher costs more than the truncated PSPNet
+    students = rows[1:]  # one architecture, so one FPS measurement (distillation changes weights, not speed)
+    assert len({row["FPS"] for row in students}) == 1 and rows[0]["FPS"] != students[0]["FPS"]
 
 
 def test_gflops_of_a_convolution_match_the_hand_count():
@@ -191,7 +193,9 @@ def test_validation_samples_undo_the_normalisation(tiny_runs, samples):
 
 def test_last_encoder_block_is_the_module_that_outputs_encoder_out(models, samples):
     assert report.last_encoder_block(models["teacher"]) is models["teacher"].net.encoder.layer4
+    assert report.last_encoder_block_name(models["teacher"]) == "layer4"
     student = models["baseline"]
+    assert report.last_encoder_block_name(student) == "layer2"
     block = report.last_encoder_block(student)
     assert block is student.net.encoder.layer2  # the truncated PSPNet encoder stops at layer2
     seen = []
