@@ -19,13 +19,12 @@ from pathlib import Path
 import torch
 
 from kdlab.config import RunConfig
-from kdlab.distill import RECIPE_DIR, DistillObjective, TeacherPass, load_recipe
+from kdlab.distill import DistillObjective, TeacherPass, load_recipe, recipe_dir
 from kdlab.engine import SupervisedObjective, build_optimizer, train_one_step
 from kdlab.models.zoo import ModelSpec, build_model
 from kdlab.runtime import atomic_write_text, resolve_device
 from kdlab.data.synthetic import NUM_CLASSES
 
-TEACHER_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "teacher.yaml"
 
 
 
@@ -98,9 +97,9 @@ def run_benchmarks(cfg: RunConfig, recipes: list[str] | None = None, iterations:
                    out: str | Path = "runs/bench.md") -> list[dict]:
     from kdlab.config import load_config
 
-    teacher_spec = vars(load_config([TEACHER_CONFIG]).model)
+    teacher_spec = vars(load_config(["configs/teacher.yaml"]).model)
     cfg.distill.check_finite = False  # random weights may diverge; the cost of a step is what is measured
-    recipes = recipes or sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+    recipes = recipes or sorted(p.stem for p in recipe_dir().glob("*.yaml"))
     rows_to_measure = [[kind] for kind in ["baseline", "teacher_forward", *recipes]]
     if len(recipes) > 1:
         rows_to_measure.append(recipes)  # every recipe in one cohort: what sharing the teacher pass saves

@@ -1,14 +1,20 @@
-"""Checkpoints: written atomically, read with ``torch.load(weights_only=True)``.
+"""Checkpoints: written atomically, hashed, read with ``torch.load(weights_only=True)``.
 
 A checkpoint is a plain dict of tensors and Python primitives::
 
     {"model": state_dict, "model_spec": {...}, "dataset": {"name", "num_classes", "class_names"},
      "config": resolved run config, "iteration": int, "optimizer": ..., "scheduler": ...,
-     "rng": {...}, "extra": {name: state_dict}}   # extra = distillation modules, discriminator, ...
+     "rng": {...}, "extra": {name: state_dict},   # extra = distillation modules, discriminator, ...
+     "sha256": content hash of everything else}
+
+Every save keeps the checkpoint it replaces as ``prev.pt`` beside it, so a checkpoint that fails
+its hash (a flipped bit on disk, a copy cut short) leaves a good one to go back to.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import pickle
 from pathlib import Path
 
@@ -16,19 +22,56 @@ import torch
 
 from kdlab.errors import CheckpointError
 from kdlab.models.zoo import ModelSpec, SegModel, build_model
+from kdlab.paths import project_path
 from kdlab.runtime import atomic_path
 
 CHECKPOINT_NAME = "last.pt"
+PREVIOUS_NAME = "prev.pt"
+HASH_KEY = "sha256"
+
+
+def _update_hash(digest, value, key: str = "") -> None:
+    """Feed ``value`` (nested dicts, lists, tensors, primitives) into ``digest`` in a fixed order."""
+    digest.update(key.encode())
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        for name in sorted(value, key=str):
+            _update_hash(digest, value[name], f"{key}/{name}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _update_hash(digest, item, f"{key}[{index}]")
+    else:
+        digest.update(repr(value).encode())
+
+
+def content_hash(state: dict) -> str:
+    """SHA-256 of a checkpoint's contents (its tensors' bytes, shapes and dtypes, and every other value)."""
+    digest = hashlib.sha256()
+    _update_hash(digest, {key: value for key, value in state.items() if key != HASH_KEY})
+    return digest.hexdigest()
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write ``state`` with its content hash, atomically; the checkpoint it replaces becomes ``prev.pt``
+    (a hard link, so a checkpoint is in place at every moment). Temporary files that a killed save
+    left (``.last.pt.*.tmp``) are removed first: one writer per run directory holds its lock."""
+    path = Path(path)
+    for leftover in (p for name in (path.name, PREVIOUS_NAME) for p in path.parent.glob(f".{name}.*.tmp")):
+        leftover.unlink()
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        torch.save({**state, HASH_KEY: content_hash(state)}, tmp)
+        if path.exists():
+            with atomic_path(path.with_name(PREVIOUS_NAME)) as previous:
+                previous.unlink()
+                os.link(path, previous)
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:
-    """A .pt file, or a run directory holding checkpoints/last.pt."""
-    path = Path(path)
+    """A .pt file, or a run directory holding checkpoints/last.pt (relative: under the project root)."""
+    path = project_path(path)
     if path.is_dir():
         path = path / "checkpoints" / CHECKPOINT_NAME
     if not path.is_file():
@@ -44,6 +87,10 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise CheckpointError(f"{path}: unreadable checkpoint ({str(err).splitlines()[0]})") from err
     if not isinstance(state, dict) or "model" not in state or "model_spec" not in state:
         raise CheckpointError(f"{path}: not a kdlab checkpoint (no model / model_spec entries)")
+    if HASH_KEY in state and content_hash(state) != state[HASH_KEY]:
+        previous = path.with_name(PREVIOUS_NAME)
+        hint = f"; the previous checkpoint {previous} is intact" if path.name == CHECKPOINT_NAME and previous.exists() else ""
+        raise CheckpointError(f"{path}: corrupted checkpoint (its contents do not match its sha256){hint}")
     return state
 
 

@@ -18,6 +18,7 @@ import yaml
 
 from kdlab.errors import ConfigError
 from kdlab.models.zoo import ModelSpec
+from kdlab.paths import project_path
 
 
 @dataclass
@@ -82,7 +83,11 @@ class RunConfig:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
+        return project_path(self.out_dir) / self.name
+
+
+# Config keys that hold paths: relative values are under the project root (`kdlab.paths`).
+PATH_KEYS = ("out_dir", "data.root", "distill.teacher", "distill.recipe")
 
 
 def _is_dataclass_type(tp) -> bool:
@@ -146,6 +151,56 @@ def _build(cls, values: dict, prefix: str):
     return cls(**kwargs)
 
 
+def _positive(value) -> bool:
+    return value > 0
+
+
+def _at_least(low):
+    return lambda value: value >= low
+
+
+# key → (check, what it must be): every value is checked before any work starts.
+VALUE_RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    "data.image_size": (_at_least(16), "at least 16 (pixels)"),
+    "data.num_train": (_positive, "a positive number of images"),
+    "data.num_val": (_positive, "a positive number of images"),
+    "data.crop_size": (_positive, "a positive side in pixels"),
+    "data.scale_min": (_positive, "positive"),
+    "data.num_workers": (_at_least(0), "0 or more"),
+    "train.iterations": (_positive, "a positive number of steps"),
+    "train.batch_size": (_positive, "a positive number of images"),
+    "train.lr": (_positive, "positive"),
+    "train.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "train.weight_decay": (_at_least(0), "0 or more"),
+    "train.poly_power": (_at_least(0), "0 or more"),
+    "train.grad_clip": (_positive, "positive, or null for no clipping"),
+    "train.log_interval": (_positive, "a positive number of steps"),
+    "train.eval_interval": (_at_least(0), "0 (only at the end) or a positive number of steps"),
+    "train.checkpoint_interval": (_positive, "a positive number of steps"),
+    "train.threads": (_positive, "a positive number of threads, or null"),
+    "eval.mode": (lambda v: v in ("whole", "slide"), "'whole' or 'slide'"),
+    "eval.window": (_positive, "a positive side in pixels"),
+    "eval.stride": (_positive, "a positive step in pixels"),
+    "eval.batch_size": (_positive, "a positive number of images"),
+    "eval.band_widths": (lambda v: len(v) > 0 and min(v) >= 1, "a non-empty list of widths of 1 px or more"),
+    "eval.max_images": (_positive, "a positive number of images, or null for all"),
+    "distill.warmup_iters": (_at_least(0), "0 or more steps"),
+}
+
+
+def check_values(cfg: RunConfig) -> RunConfig:
+    """Every value of ``cfg`` within its range (`VALUE_RANGES`), else a ConfigError naming the key."""
+    values = flatten(config_to_dict(cfg))
+    for key, (valid, expected) in VALUE_RANGES.items():
+        value = values[key]
+        if value is not None and not valid(value):
+            raise ConfigError(f"{key}: must be {expected}, got {value!r}")
+    if cfg.data.scale_max < cfg.data.scale_min:
+        raise ConfigError(f"data.scale_max: must be at least data.scale_min ({cfg.data.scale_min}), "
+                          f"got {cfg.data.scale_max!r}")
+    return cfg
+
+
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     node = tree
@@ -168,8 +223,9 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def read_yaml(path: str | Path, error: type[Exception] = ConfigError) -> dict:
-    """A YAML mapping read with `safe_load`; a missing or malformed file raises `error` naming it."""
-    path = Path(path)
+    """A YAML mapping read with `safe_load` (a relative path is under the project root); a missing or
+    malformed file raises `error` naming it."""
+    path = project_path(path)
     if not path.is_file():
         raise error(f"{path}: file not found")
     try:
@@ -184,10 +240,10 @@ def read_yaml(path: str | Path, error: type[Exception] = ConfigError) -> dict:
 
 
 def named_yaml(name: str, directory: Path, option: str) -> Path:
-    """`name` itself when it is a YAML path, else ``directory/<name>.yaml`` (the valid names listed if missing)."""
-    path = Path(name)
-    if path.suffix in (".yaml", ".yml"):
-        return path
+    """`name` itself when it is a YAML path (relative: under the project root), else
+    ``directory/<name>.yaml`` (the valid names listed if missing)."""
+    if is_yaml_path(name):
+        return project_path(name)
     candidate = directory / f"{name}.yaml"
     if not candidate.is_file():
         names = sorted(p.stem for p in directory.glob("*.yaml"))
@@ -195,22 +251,27 @@ def named_yaml(name: str, directory: Path, option: str) -> Path:
     return candidate
 
 
+def is_yaml_path(name: str) -> bool:
+    return Path(name).suffix in (".yaml", ".yml")
+
+
 def load_config(paths: list[str | Path] = (), overrides: list[str] = ()) -> RunConfig:
     """Merge YAML files (later ones win) and dotted overrides into a checked `RunConfig`."""
     tree: dict = {}
     for path in paths:
-        for key, value in _flatten(read_yaml(path)).items():
+        for key, value in flatten(read_yaml(path)).items():
             _set_dotted(tree, key, value)
     for text in overrides:
         _set_dotted(tree, *parse_override(text))
-    return _build(RunConfig, tree, "")
+    return check_values(_build(RunConfig, tree, ""))
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """A nested mapping as dotted keys (``{"train": {"lr": 0.1}}`` → ``{"train.lr": 0.1}``)."""
     flat = {}
     for key, value in tree.items():
         if isinstance(value, dict) and key != "extra":
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[prefix + key] = value
     return flat
@@ -221,7 +282,7 @@ def config_to_dict(cfg) -> dict:
 
 
 def config_from_dict(tree: dict) -> RunConfig:
-    return _build(RunConfig, tree, "")
+    return check_values(_build(RunConfig, tree, ""))
 
 
 def dump_config(cfg: RunConfig) -> str:

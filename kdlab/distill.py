@@ -29,9 +29,10 @@ from kdlab.config import RunConfig, named_yaml, read_yaml
 from kdlab.engine import segmentation_ce
 from kdlab.errors import ConfigError
 from kdlab.losses import REGISTRY, MethodContext, Step, build_method
+from kdlab.losses.base import check_options, is_number
 from kdlab.models.zoo import SegModel
+from kdlab.paths import project_root
 
-RECIPE_DIR = Path(__file__).resolve().parent.parent / "configs" / "recipes"
 _ENTRY_KEYS = {"method", "name", "weight", "term_weights", "taps", "options"}
 
 
@@ -47,7 +48,12 @@ class RecipeEntry:
 
 def recipe_path(recipe: str) -> Path:
     """A recipe file path, or the name of a file in configs/recipes/."""
-    return named_yaml(recipe, RECIPE_DIR, "distill.recipe")
+    return named_yaml(recipe, recipe_dir(), "distill.recipe")
+
+
+def recipe_dir() -> Path:
+    """The shipped recipes: ``configs/recipes/`` of the project."""
+    return project_root() / "configs" / "recipes"
 
 
 def load_recipe(recipe: str) -> list[RecipeEntry]:
@@ -65,11 +71,28 @@ def load_recipe(recipe: str) -> list[RecipeEntry]:
             raise ConfigError(f"{path}: methods[{i}]: unknown key(s) {sorted(unknown)}; valid: {sorted(_ENTRY_KEYS)}")
         if item["method"] not in REGISTRY:
             raise ConfigError(f"{path}: methods[{i}]: unknown method {item['method']!r}; valid: {sorted(REGISTRY)}")
+        _check_entry_values(item, f"{path}: methods[{i}]")
         entries.append(RecipeEntry(name=item.get("name", item["method"]), **{k: v for k, v in item.items() if k != "name"}))
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: two entries share a name; give them distinct 'name' keys")
     return entries
+
+
+def _check_entry_values(item: dict, where: str) -> None:
+    """Numbers where a recipe entry needs numbers, mappings where it needs mappings."""
+    if "weight" in item and not is_number(item["weight"]):
+        raise ConfigError(f"{where}: weight must be a number, got {item['weight']!r}")
+    for key in ("term_weights", "taps", "options"):
+        if not isinstance(item.get(key, {}), dict):
+            raise ConfigError(f"{where}: {key} must be a mapping, got {item[key]!r}")
+    for term, value in item.get("term_weights", {}).items():
+        if not is_number(value):
+            raise ConfigError(f"{where}: term_weights.{term} must be a number, got {value!r}")
+    try:
+        check_options(item["method"], item.get("options", {}))
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from err
 
 
 class TeacherPass:

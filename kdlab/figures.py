@@ -2,8 +2,9 @@
 
     python -m kdlab.figures --profile default [--only 02_comparison] [--runs-root runs]
 
-Each notebook gets the parameters ``profile``, ``runs_root``, ``figures_dir`` and ``device``;
-executed copies go to ``<runs_root>/<profile>/notebooks/``. Training is cached by
+Each notebook gets the parameters ``profile``, ``runs_root``, ``figures_dir`` and ``device``, and
+runs with its kernel in ``notebooks/``, as in JupyterLab; executed copies go to
+``<runs_root>/<profile>/notebooks/``. Training is cached by
 `kdlab.pipeline`, so a re-run only redoes what changed. A failing notebook stops the
 notebooks that depend on it (named with its failing cell); the others still run.
 """
@@ -18,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdlab.errors import KdlabError
+from kdlab.paths import project_root
 from kdlab.pipeline import load_profile
-
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
 # notebook -> notebooks it needs (their runs and checkpoints).
 DEPENDENCIES: dict[str, list[str]] = {
@@ -53,24 +53,38 @@ def _kernel_environment() -> None:
     os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
 
 
+def notebook_dir() -> Path:
+    return project_root() / "notebooks"
+
+
+def _kernel_config():
+    """Kernels talk to papermill over IPC sockets: over TCP, ipykernel warns once per notebook that
+    the loopback traffic is unencrypted, in lines that are not kdlab's."""
+    from traitlets.config import Config
+
+    config = Config()
+    config.KernelManager.transport = "ipc"
+    return config
+
+
 def execute(notebook: str, parameters: dict, out_dir: Path) -> Outcome:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    source = NOTEBOOK_DIR / f"{notebook}.ipynb"
+    source = notebook_dir() / f"{notebook}.ipynb"
     target = out_dir / f"{notebook}.ipynb"
     tic = time.perf_counter()
     try:
         papermill.execute_notebook(str(source), str(target), parameters=parameters, kernel_name="python3",
                                    progress_bar=False, stdout_file=sys.stdout, stderr_file=sys.stderr,
-                                   cwd=str(NOTEBOOK_DIR.parent))
+                                   cwd=str(source.parent), config=_kernel_config())
     except PapermillExecutionError as err:
         detail = f"cell {err.exec_count}: {err.ename}: {str(err.evalue).splitlines()[0] if err.evalue else ''}"
         return Outcome(notebook, "failed", time.perf_counter() - tic, f"{detail} (executed copy: {target})")
     return Outcome(notebook, "ok", time.perf_counter() - tic)
 
 
-def run_notebooks(profile: str, runs_root: str = "runs", figures_dir: str | None = None, device: str = "auto",
+def run_notebooks(profile: str, runs_root: str | None = None, figures_dir: str | None = None, device: str = "auto",
                   only: list[str] | None = None, changes: dict | None = None) -> list[Outcome]:
     """Execute the notebooks (all, or `only`) in dependency order; `changes` are the notebooks'
     dataset / data_root / recipes / seeds / jobs parameters, replacing the profile's own."""
@@ -79,7 +93,7 @@ def run_notebooks(profile: str, runs_root: str = "runs", figures_dir: str | None
     out_dir = prof.runs_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     _kernel_environment()
-    parameters = {"profile": profile, "runs_root": str(runs_root), "figures_dir": prof.figures_dir,
+    parameters = {"profile": profile, "runs_root": str(prof.runs_root), "figures_dir": prof.figures_dir,
                   "device": device, **changes}
     selected = only or list(DEPENDENCIES)
     unknown = set(selected) - set(DEPENDENCIES)
@@ -107,10 +121,16 @@ def summarise(outcomes: list[Outcome], figures_dir: Path, since: float) -> str:
     return "\n".join(lines)
 
 
+def _typed_path(path: str | None) -> str | None:
+    """A path typed on the command line is relative to the working directory."""
+    return None if path is None else str(Path(path).expanduser().absolute())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kdlab.figures", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="default", help="quick | default | full | a profile YAML path")
-    parser.add_argument("--runs-root", default="runs")
+    parser.add_argument("--runs-root", help="parent of the profiles' run directories (default: the project's runs/, "
+                                            "or $KDLAB_RUNS_ROOT)")
     parser.add_argument("--figures-dir", help="where figures and tables go (default: the profile's)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--only", nargs="*", help="run only these notebooks (e.g. 02_comparison)")
@@ -120,12 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, help="replace the seeds of the profile's comparison")
     parser.add_argument("--jobs", type=int, help="runs trained at once (default: the profile's, else 1)")
     args = parser.parse_args(argv)
-    changes = {"dataset": args.dataset, "data_root": args.data_root, "recipes": args.recipes,
+    runs_root, figures_dir, data_root = (_typed_path(p) for p in (args.runs_root, args.figures_dir, args.data_root))
+    changes = {"dataset": args.dataset, "data_root": data_root, "recipes": args.recipes,
                "seeds": args.seeds, "jobs": args.jobs}
     tic, since = time.perf_counter(), time.time()
     try:
-        outcomes = run_notebooks(args.profile, args.runs_root, args.figures_dir, args.device, args.only, changes)
-        figures_dir = Path(load_profile(args.profile, args.runs_root, args.figures_dir).figures_dir)
+        outcomes = run_notebooks(args.profile, runs_root, figures_dir, args.device, args.only, changes)
+        figures_dir = Path(load_profile(args.profile, runs_root, figures_dir).figures_dir)
     except KdlabError as err:
         print(f"kdlab.figures: error: {err}", file=sys.stderr)
         return 2

@@ -11,9 +11,11 @@ A profile (``configs/profiles/<name>.yaml``) is configuration only::
     ablation: {seeds: [0], overrides: [train.iterations=300]}   # ablation seeds and schedule
     jobs: 2                                   # runs trained at once (worker processes); default 1
 
-Runs live in ``<runs_root>/<profile>/<run name>``. `ensure_run` reuses a finished run whose
-resolved config (and recipe) is unchanged, resumes an unfinished one, and retrains one whose
-config changed. Runs that differ only in their recipe train as cohorts that share one teacher
+Runs live in ``<runs_root>/<profile>/<run name>`` (the runs root defaults to the project's
+``runs/``, or ``$KDLAB_RUNS_ROOT``; relative paths anywhere in a profile are under the project
+root, `kdlab.paths`). `ensure_run` reuses a finished run whose resolved config (and recipe) is
+unchanged, wherever the runs root lives and whatever device it ran on, resumes an unfinished one,
+and retrains one whose config changed, after moving the old run aside (never deleting it). Runs that differ only in their recipe train as cohorts that share one teacher
 pass per batch (`cohorts`); with ``jobs`` > 1, that many cohorts train at a time, each worker
 with an equal share of the CPU threads.
 """
@@ -24,7 +26,6 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
 import statistics
 import threading
 import time
@@ -36,13 +37,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from kdlab.checkpoint import checkpoint_iteration
-from kdlab.config import RunConfig, config_from_dict, dump_config, load_config, named_yaml, read_yaml
+from kdlab.config import (RunConfig, config_from_dict, config_to_dict, dump_config, flatten, load_config,
+                          named_yaml, read_yaml)
 from kdlab.distill import distill_objective, recipe_path
 from kdlab.engine import NonFiniteLoss, RunDir, cohort_key, dataset_root, supervised_objective, train_cohort
 from kdlab.errors import ConfigError
+from kdlab.paths import default_runs_root, project_path, project_root
 from kdlab.runtime import atomic_write_text
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "configs" / "profiles"
 DIVERGED = "diverged.json"  # written instead of results.json when a loss term became NaN/inf
 _PROFILE_KEYS = {"description", "base", "teacher", "student", "seeds", "recipes", "ablations", "ablation",
                  "figures_dir", "analysis", "jobs"}
@@ -72,19 +74,22 @@ class Profile:
 
     @property
     def runs_dir(self) -> Path:
-        return self.runs_root / self.name
+        return project_path(self.runs_root) / self.name
 
 
 def profile_path(profile: str) -> Path:
-    return named_yaml(profile, PROFILE_DIR, "profile")
+    return named_yaml(profile, project_root() / "configs" / "profiles", "profile")
 
 
-def load_profile(profile: str, runs_root: str | Path = "runs", figures_dir: str | None = None,
+def load_profile(profile: str, runs_root: str | Path | None = None, figures_dir: str | None = None,
                  device: str = "auto", *, dataset: str | None = None, data_root: str | None = None,
                  recipes: list[str] | None = None, seeds: list[int] | None = None,
                  jobs: int | None = None) -> Profile:
     """The profile named (or at the path) `profile`; the keyword arguments, where given, replace its
-    dataset, dataset root, comparison recipes and seeds, and number of parallel runs (notebook parameters)."""
+    dataset, dataset root, comparison recipes and seeds, and number of parallel runs (notebook parameters).
+    ``runs_root`` None is `kdlab.paths.default_runs_root`; ``figures_dir`` None is the profile's
+    ``figures_dir`` (``{runs_dir}`` in it stands for this profile's runs directory; default
+    ``{runs_dir}/figures``), under the project root when relative."""
     path = profile_path(profile)
     tree = read_yaml(path)
     unknown = set(tree) - _PROFILE_KEYS
@@ -101,6 +106,9 @@ def load_profile(profile: str, runs_root: str | Path = "runs", figures_dir: str 
     for name in recipes:
         recipe_path(name)  # an unknown recipe fails here, listing the available ones
     ablation = tree.get("ablation", {})
+    runs_root = Path(runs_root or default_runs_root())
+    figures_dir = figures_dir or tree.get("figures_dir", "{runs_dir}/figures")
+    figures_dir = str(project_path(str(figures_dir).format(runs_dir=project_path(runs_root) / path.stem)))
     return Profile(
         name=path.stem, base=[*tree.get("base", []), *data, f"train.device={device}"],
         teacher=RunSpec(**tree["teacher"]), student=RunSpec(**tree["student"]),
@@ -108,8 +116,7 @@ def load_profile(profile: str, runs_root: str | Path = "runs", figures_dir: str 
         recipes=recipes,
         ablations=dict(tree.get("ablations", {})), ablation_seeds=list(ablation.get("seeds", [0])),
         ablation_overrides=list(ablation.get("overrides", [])),
-        figures_dir=figures_dir or tree.get("figures_dir", "figures"), analysis=dict(tree.get("analysis", {})),
-        runs_root=Path(runs_root), jobs=jobs,
+        figures_dir=figures_dir, analysis=dict(tree.get("analysis", {})), runs_root=runs_root, jobs=jobs,
     )
 
 
@@ -137,6 +144,28 @@ def _recipe_text(cfg: RunConfig) -> str:
     return recipe_path(cfg.distill.recipe).read_text() if cfg.distill.recipe else ""
 
 
+# Where a run lives, where its teacher lives and what it ran on do not change what it is.
+_LOCATION_KEYS = {"name": None, "out_dir": None, "train": ("device", "threads"), "data": ("num_workers",),
+                  "distill": ("teacher",)}
+
+
+def _what_it_is(cfg: RunConfig) -> dict:
+    tree = config_to_dict(cfg)
+    for section, keys in _LOCATION_KEYS.items():
+        if keys is None:
+            tree.pop(section)
+        else:
+            for key in keys:
+                tree[section].pop(key)
+    return tree
+
+
+def config_changes(old: RunConfig, new: RunConfig) -> list[str]:
+    """The dotted keys whose values differ between two configs, location and device aside."""
+    a, b = flatten(_what_it_is(old)), flatten(_what_it_is(new))
+    return sorted(key for key in a.keys() | b.keys() if a.get(key) != b.get(key))
+
+
 def run_state(cfg: RunConfig) -> str:
     """'done' (reusable), 'partial' (same config, unfinished), 'stale' (config changed) or 'new'."""
     run = RunDir(cfg.run_dir)
@@ -144,7 +173,7 @@ def run_state(cfg: RunConfig) -> str:
         return "new"
     recipe_file = run.path / "recipe.yaml"
     same_recipe = (recipe_file.read_text() if recipe_file.exists() else "") == _recipe_text(cfg)
-    if config_from_dict(read_yaml(run.config)) != cfg or not same_recipe:
+    if config_changes(config_from_dict(read_yaml(run.config)), cfg) or not same_recipe:
         return "stale"
     if run.results.exists() or (run.path / DIVERGED).exists():
         return "done"
@@ -176,13 +205,27 @@ def ensure_cohort(cfgs: list[RunConfig], progress: bool = True) -> None:
     states = [run_state(cfg) for cfg in cfgs]
     for cfg, state in zip(cfgs, states):
         if state == "stale":
-            shutil.rmtree(cfg.run_dir)
+            set_aside(cfg)
     factory = distill_objective if cfgs[0].distill.recipe else supervised_objective
     outcomes = train_cohort(cfgs, resume=states[0] == "partial", objective_factory=factory, progress=progress)
     for cfg, outcome in zip(cfgs, outcomes):
         if isinstance(outcome, NonFiniteLoss):
             atomic_write_text(cfg.run_dir / DIVERGED, json.dumps({"iteration": outcome.iteration, "error": str(outcome)}))
             print(f"{cfg.name}: diverged ({outcome})")
+
+
+def set_aside(cfg: RunConfig) -> Path:
+    """Move the stale run directory of ``cfg`` to ``<name>.stale-<k>`` beside it (kept, never
+    deleted), saying why; returns the new place."""
+    old = config_from_dict(read_yaml(RunDir(cfg.run_dir).config))
+    changed = config_changes(old, cfg) or ["the recipe"]
+    k = 1
+    while (aside := cfg.run_dir.with_name(f"{cfg.run_dir.name}.stale-{k}")).exists():
+        k += 1
+    cfg.run_dir.rename(aside)
+    print(f"{cfg.run_dir}: its config changed ({', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''}); "
+          f"the old run is kept as {aside.name}, retraining")
+    return aside
 
 
 def ensure_run(cfg: RunConfig, progress: bool = True) -> Path:

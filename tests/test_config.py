@@ -58,3 +58,14 @@ def test_exponent_without_dot_is_a_float():
     assert load_config([], ["train.lr=1e-4"]).train.lr == 1e-4
     with pytest.raises(ConfigError, match="train.lr"):
         load_config([], ["train.lr=fast"])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.iterations=0", "train.iterations"), ("train.iterations=-4", "train.iterations"),
+    ("train.log_interval=0", "train.log_interval"), ("train.batch_size=0", "train.batch_size"),
+    ("data.crop_size=0", "data.crop_size"), ("eval.mode=foo", "eval.mode"), ("train.lr=-1", "train.lr"),
+    ("eval.band_widths=[]", "eval.band_widths"), ("data.scale_max=0.1", "data.scale_max"),
+])
+def test_out_of_range_values_are_refused_before_any_work(override, key):
+    with pytest.raises(ConfigError, match=rf"^{key}: must be"):
+        load_config(["configs/student.yaml"], [override])

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from kdlab.config import load_config
-from kdlab.distill import RECIPE_DIR, distill_objective, load_recipe
+from kdlab.distill import distill_objective, load_recipe, recipe_dir
 from kdlab.engine import NonFiniteLoss, build_data, train
 from kdlab.errors import CheckpointError, ConfigError
 from kdlab.models import build_model
 
-RECIPES = sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+RECIPES = sorted(p.stem for p in recipe_dir().glob("*.yaml"))
 # Terms that a run is not expected to lower: the adversarial ones and the logged temperature.
 NOT_MONOTONE = ("holistic", "critic", "temperature")
 
@@ -37,7 +37,7 @@ def test_each_recipe_trains_and_lowers_its_distillation_terms(recipe, tiny_overr
                 progress=False)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert len(log) == 8 and (run / "results.json").exists()
-    assert (run / "recipe.yaml").read_text() == (RECIPE_DIR / f"{recipe}.yaml").read_text()
+    assert (run / "recipe.yaml").read_text() == (recipe_dir() / f"{recipe}.yaml").read_text()
     weights = {term: entry["weight"] for term, entry in json.loads((run / "start_terms.json").read_text()).items()}
     fixed = [sum(w * r[term] for term, w in weights.items() if not term.endswith(NOT_MONOTONE)) for r in log]
     assert min(fixed[-3:]) < fixed[0], f"weighted distillation terms did not fall: {fixed}"
@@ -115,3 +115,16 @@ def test_warmup_ramps_distillation_weight(tiny_overrides, tiny_teacher):
 def test_every_shipped_recipe_names_registered_methods():
     for recipe in RECIPES:
         assert load_recipe(recipe)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("{method: kd, weight: heavy}", "weight must be a number"),
+    ("{method: kd, options: {temperature: hot}}", "option temperature must be a number"),
+    ("{method: bpkd, term_weights: {edge: lots}}", "term_weights.edge must be a number"),
+    ("{method: kd, options: [1]}", "options must be a mapping"),
+])
+def test_a_recipe_value_of_the_wrong_type_is_one_line_naming_it(tmp_path, entry, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"methods:\n  - {entry}\n")
+    with pytest.raises(ConfigError, match=rf"bad.yaml: methods\[0\]: .*{message}"):
+        load_recipe(str(path))

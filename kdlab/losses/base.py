@@ -145,13 +145,26 @@ def method_options(cls: type[DistillMethod]) -> list[str]:
     return [name for name in params if name not in ("self", "ctx", "taps")]
 
 
-def build_method(name: str, ctx: MethodContext, taps: dict | None = None, options: dict | None = None) -> DistillMethod:
-    """Instantiate a registered method; unknown names and options fail with the valid ones listed."""
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_options(name: str, options: dict) -> None:
+    """A registered method name, its known options, and numbers where its defaults are numbers."""
     if name not in REGISTRY:
         raise ConfigError(f"unknown distillation method {name!r}; valid: {sorted(REGISTRY)}")
     cls = REGISTRY[name]
-    options = dict(options or {})
     unknown = set(options) - set(method_options(cls))
     if unknown:
         raise ConfigError(f"method {name!r}: unknown option(s) {sorted(unknown)}; valid: {method_options(cls)}")
-    return cls(ctx, taps=taps, **options)
+    params = inspect.signature(cls.__init__).parameters
+    for key, value in options.items():
+        if is_number(params[key].default) and not is_number(value):
+            raise ConfigError(f"method {name!r}: option {key} must be a number, got {value!r}")
+
+
+def build_method(name: str, ctx: MethodContext, taps: dict | None = None, options: dict | None = None) -> DistillMethod:
+    """Instantiate a registered method; unknown names and options fail with the valid ones listed."""
+    options = dict(options or {})
+    check_options(name, options)
+    return REGISTRY[name](ctx, taps=taps, **options)
