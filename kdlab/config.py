@@ -281,6 +281,14 @@ def config_to_dict(cfg) -> dict:
     return asdict(cfg)
 
 
+def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """``cfg`` with dotted overrides applied (checked as in `load_config`)."""
+    tree = config_to_dict(cfg)
+    for text in overrides:
+        _set_dotted(tree, *parse_override(text))
+    return config_from_dict(tree)
+
+
 def config_from_dict(tree: dict) -> RunConfig:
     return check_values(_build(RunConfig, tree, ""))
 

@@ -10,6 +10,7 @@ minimised, so logs and notebooks plot terms without knowing the method.
 from __future__ import annotations
 
 import copy
+import fcntl
 import json
 import math
 import time
@@ -30,19 +31,22 @@ from kdlab.data import IGNORE_INDEX, SegmentationFolder, ensure_embedded, eval_t
 from kdlab.errors import CheckpointError, ConfigError, KdlabError
 from kdlab.metrics import SegmentationMeter
 from kdlab.models.zoo import SegModel, build_model, validate_spec
+from kdlab.paths import project_path
 from kdlab.runtime import atomic_write_text, resolve_device, restore_rng_state, rng_state, seed_everything
 
 
 
 # ----------------------------------------------------------------------------- data
 def dataset_root(cfg: RunConfig) -> Path:
-    """The dataset directory; the embedded benchmark is generated there on first use."""
+    """The directory holding the ready dataset. For the embedded benchmark, `data.root` is kdlab's cache and
+    this is the copy for `cfg`'s generator parameters inside it, generated on first use; a non-empty
+    `data.root` that kdlab did not create is a DataError, with nothing written (see `ensure_embedded`)."""
     d = cfg.data
     if d.name == "embedded":
-        return ensure_embedded(d.root, seed=d.seed, image_size=d.image_size, num_train=d.num_train,
+        return ensure_embedded(project_path(d.root), seed=d.seed, image_size=d.image_size, num_train=d.num_train,
                                num_val=d.num_val)
     if d.name == "folder":
-        return Path(d.root)
+        return project_path(d.root)
     raise ConfigError(f"data.name: unknown dataset {d.name!r}; choose 'embedded' or 'folder'")
 
 
@@ -212,6 +216,15 @@ class RunDir:
         self.checkpoint = path / "checkpoints" / CHECKPOINT_NAME
         self.results = path / "results.json"
 
+    def lock(self) -> None:
+        """Hold this run directory's lock (``.lock``, released when the process ends): one writer at a time."""
+        self._lock = open(self.path / ".lock", "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise ConfigError(f"{self.path}: another kdlab process is training this run; wait for it to finish") from None
+
     def append(self, file: Path, record: dict) -> None:
         with open(file, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -225,26 +238,39 @@ class RunDir:
                 atomic_write_text(file, "".join(line + "\n" for line in kept))
 
 
+def is_orphan(run: RunDir) -> bool:
+    """A run directory whose run stopped before its first checkpoint: nothing in it to continue."""
+    return run.config.exists() and not run.checkpoint.exists() and not run.results.exists()
+
+
 def prepare_run_dir(cfg: RunConfig, resume: bool) -> RunDir:
+    """The run directory of ``cfg``, locked for this process: the one to continue (``resume``), or a
+    new one. A directory that an earlier attempt left without a checkpoint starts over (its logs are
+    rewritten; nothing else in it is touched)."""
     run = RunDir(cfg.run_dir)
-    if resume:
+    if resume and not is_orphan(run):
         if not run.checkpoint.is_file():
             raise CheckpointError(f"{run.checkpoint}: nothing to resume (no checkpoint in {run.path})")
+        run.lock()
         return run
-    if run.config.exists():
+    if run.config.exists() and not is_orphan(run):
         raise ConfigError(f"{run.path}: run directory already exists; pass --resume to continue it "
                           f"or choose another name (name=...)")
     run.path.mkdir(parents=True, exist_ok=True)
+    run.lock()
+    run.truncate_logs(0)
     atomic_write_text(run.config, dump_config(cfg))
     return run
 
 
 def run_config(run_dir: str | Path) -> RunConfig:
-    """The resolved config a run directory was started with: the directory alone reproduces the run."""
-    path = Path(run_dir) / "config.yaml"
+    """The resolved config a run directory was started with, placed in that directory (a copied or
+    moved run continues where it is): the directory alone reproduces the run."""
+    run_dir = project_path(run_dir)
+    path = run_dir / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{path}: not a run directory (no config.yaml)")
-    return config_from_dict(read_yaml(path))
+    return replace(config_from_dict(read_yaml(path)), out_dir=str(run_dir.parent), name=run_dir.name)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -335,7 +361,7 @@ def _setup_trainee(cfg: RunConfig, model: SegModel, shared, objective_factory: O
     optimizer, scheduler = build_optimizer(params, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.train.amp)
     start = 0
-    if resume:
+    if resume and run.checkpoint.is_file():  # an orphan (no checkpoint yet) starts over
         start = restore_training_state(run.checkpoint, model, objective, optimizer, scheduler, scaler, meta)
         run.truncate_logs(start)
     return Trainee(cfg, run, model, objective, optimizer, scheduler, scaler, meta, start, rng_state())

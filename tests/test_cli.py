@@ -55,3 +55,45 @@ def test_console_entry_point_exits_nonzero_on_bad_input():
     result = subprocess.run([sys.executable, "-m", "kdlab.cli", "train", "train.iterations=many"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "train.iterations" in result.stderr
+
+
+def test_resume_continues_the_directory_it_is_given_and_refuses_what_it_cannot_honour(capsys, tiny_overrides,
+                                                                                    tmp_path):
+    import shutil
+
+    assert main(["train", "-c", "configs/student.yaml", *tiny_overrides, "name=orig", "--until", "2"]) == 0
+    original = tmp_path / "runs" / "orig"
+    copy = shutil.copytree(original, tmp_path / "copy")
+    before = (original / "log.jsonl").read_text()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(copy), "train.iterations=250", "train.lr=0.5"]) == 2
+    line = _error_line(capsys)
+    assert "cannot honour train.iterations=250 train.lr=0.5" in line
+    assert main(["train", "--resume", str(copy), "train.threads=1"]) == 0
+    assert (copy / "results.json").exists() and not (original / "results.json").exists()
+    assert (original / "log.jsonl").read_text() == before, "the original run was not advanced"
+
+
+def test_one_writer_per_run_directory(tiny_overrides, tmp_path, capsys):
+    import fcntl
+
+    assert main(["train", "-c", "configs/student.yaml", *tiny_overrides, "name=busy", "--until", "2"]) == 0
+    run = tmp_path / "runs" / "busy"
+    with open(run / ".lock", "a+") as held:  # another process training it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = subprocess.run([sys.executable, "-m", "kdlab.cli", "train", "--resume", str(run)],
+                                capture_output=True, text=True)
+    assert result.returncode == 2 and "another kdlab process is training this run" in result.stderr
+    assert len((run / "log.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_starts_over(tiny_overrides, tmp_path, capsys):
+    from kdlab.config import dump_config, load_config
+
+    cfg = load_config(["configs/student.yaml"], [*tiny_overrides, "name=orphan"])
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "config.yaml").write_text(dump_config(cfg))  # what a crash at step 1 leaves
+    (cfg.run_dir / "log.jsonl").write_text('{"iteration": 1, "loss": 9.0}\n')
+    assert main(["train", "--resume", str(cfg.run_dir)]) == 0
+    assert (cfg.run_dir / "results.json").exists()
+    assert "9.0" not in (cfg.run_dir / "log.jsonl").read_text()

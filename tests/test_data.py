@@ -1,4 +1,12 @@
-"""The embedded benchmark generator, the folder loader and the paired transforms."""
+"""The embedded benchmark generator, its cache, the folder loader and the paired transforms."""
+
+import errno
+import fcntl
+import hashlib
+import os
+import subprocess
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -120,16 +128,20 @@ def test_generated_files_follow_the_layout(tiny_root):
         assert np.array_equal(np.asarray(Image.open(tiny_root / split / "labels" / names[-1])), label)
 
 
-def test_cache_is_reused_then_regenerated_when_params_change(tiny_root):
+def test_cache_is_reused_and_other_params_get_their_own_copy(tiny_root):
+    cache = tiny_root.parent
     stamp = lambda: [(tiny_root / p).stat().st_mtime_ns for p in ("dataset.yaml", "train/images/00000.png")]
     before = stamp()
-    assert ensure_embedded(tiny_root, **TINY) == tiny_root
+    assert ensure_embedded(cache, **TINY) == tiny_root
+    assert ensure_embedded(tiny_root, **TINY) == tiny_root  # a copy given directly is used as it is
     assert stamp() == before
 
-    ensure_embedded(tiny_root, **{**TINY, "num_train": 4})
-    assert len(list((tiny_root / "train" / "images").iterdir())) == 4
-    assert yaml.safe_load((tiny_root / "dataset.yaml").read_text())["generator"]["num_train"] == 4
-    assert leftovers(tiny_root.parent) == []
+    other = ensure_embedded(cache, **{**TINY, "num_train": 4})
+    assert other.parent == cache and other != tiny_root
+    assert len(list((other / "train" / "images").iterdir())) == 4
+    assert yaml.safe_load((other / "dataset.yaml").read_text())["generator"]["num_train"] == 4
+    assert stamp() == before and len(list((tiny_root / "train" / "images").iterdir())) == TINY["num_train"]
+    assert leftovers(cache) == [] and leftovers(cache.parent) == []
 
 
 def test_interrupted_generation_leaves_old_dataset_untouched(tiny_root, monkeypatch):
@@ -142,14 +154,16 @@ def test_interrupted_generation_leaves_old_dataset_untouched(tiny_root, monkeypa
         return render_scene(rng, size)
 
     monkeypatch.setattr(synthetic, "render_scene", failing_render)
+    cache = tiny_root.parent
     yaml_before = (tiny_root / "dataset.yaml").read_text()
     with pytest.raises(KeyboardInterrupt):
-        generate_embedded(tiny_root, **{**TINY, "seed": 4})
+        generate_embedded(cache, **{**TINY, "seed": 4})
     with pytest.raises(KeyboardInterrupt):
-        generate_embedded(tiny_root.parent / "fresh", **TINY)
+        generate_embedded(cache.parent / "fresh", **TINY)
     assert (tiny_root / "dataset.yaml").read_text() == yaml_before
-    assert not (tiny_root.parent / "fresh").exists()
-    assert leftovers(tiny_root.parent) == []
+    assert sorted(p.name for p in cache.iterdir()) == sorted([synthetic.MARKER, synthetic.LOCK, tiny_root.name])
+    assert not any(p.is_dir() for p in (cache.parent / "fresh").iterdir())
+    assert leftovers(cache) == [] and leftovers(cache.parent) == []
 
 
 @pytest.mark.parametrize("bad", [dict(image_size=16), dict(num_train=-1), dict(seed=1.5)])
@@ -157,6 +171,183 @@ def test_bad_generator_params_rejected(tmp_path, bad):
     name = next(iter(bad))
     with pytest.raises(ValueError, match=name):
         ensure_embedded(tmp_path / "x", **{**TINY, **bad})
+
+
+# --- the cache never touches what kdlab did not write ----------------------------------
+
+def snapshot(root):
+    """Every path under ``root`` with its content hash and mtime, and the root's own mtime."""
+    entries = {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir",
+                                          p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+    return entries, root.stat().st_mtime_ns
+
+
+def user_dataset(root):
+    """A user's own dataset in the folder layout, plus a file of notes."""
+    image, label = good_pair()
+    write_folder(root, {"a": image}, {"a": label})
+    (root / "notes.txt").write_text("my experiments\n")
+    return root
+
+
+def legacy_cache(tmp_path, name="legacy", **params):
+    """A cache as the old generator left it: one copy directly in the root, no marker."""
+    made = ensure_embedded(tmp_path / f"{name}-src", **{**TINY, **params})
+    made.rename(tmp_path / name)
+    return tmp_path / name
+
+
+def dead_pid():
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(child.stdout)
+
+
+def embedded_copy(params):
+    return synthetic.copy_name(synthetic._generator_params(**{k: v for k, v in params.items() if k != "progress"}))
+
+
+@pytest.mark.parametrize("kind", ["folder dataset", "one file", "embedded copy plus a user file"])
+def test_a_directory_kdlab_did_not_make_is_refused_and_untouched(tmp_path, kind):
+    if kind == "folder dataset":
+        root = user_dataset(tmp_path / "mine")
+    elif kind == "one file":
+        root = tmp_path / "mine"
+        root.mkdir()
+        (root / "thesis.tex").write_text("\\\\section{}")
+    else:  # the generator's files, but the user has added one: not the generator's any more
+        root = legacy_cache(tmp_path, "mine")
+        (root / "train" / "extra.txt").write_text("mine")
+    before = snapshot(root)
+    with pytest.raises(DataError) as caught:
+        ensure_embedded(root, **{**TINY, "seed": 9})
+    message = str(caught.value)
+    assert "\n" not in message and f"data.root '{root}'" in message
+    assert "not a kdlab-generated embedded benchmark" in message and "data.name=folder" in message
+    assert snapshot(root) == before
+
+
+def test_a_file_as_root_is_refused(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("x")
+    with pytest.raises(DataError, match="is a file"):
+        ensure_embedded(path, **TINY)
+    assert path.read_text() == "x"
+
+
+def test_train_on_a_user_directory_without_data_name_exits_2_and_writes_nothing(tmp_path, capsys):
+    from kdlab.cli import main
+
+    root, out = user_dataset(tmp_path / "mine"), tmp_path / "runs"
+    before = snapshot(root)
+    status = main(["train", "-c", "configs/student.yaml", "-c", "configs/quick.yaml", "name=x",
+                   f"data.root={root}", f"out_dir={out}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1, err
+    assert err[0].startswith("kdlab: error:") and str(root) in err[0] and "data.name=folder" in err[0]
+    assert snapshot(root) == before
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_two_parameter_sets_coexist_in_one_cache(tmp_path):
+    cache = tmp_path / "cache"
+    small = ensure_embedded(cache, **TINY)
+    before = snapshot(small)
+    large = ensure_embedded(cache, **{**TINY, "image_size": 40})
+    assert small.parent == large.parent == cache and small != large
+    assert snapshot(small) == before  # the first copy was not replaced under its readers
+    assert ensure_embedded(cache, **TINY) == small and snapshot(small) == before
+    for copy, size in ((small, 32), (large, 40)):
+        assert SegmentationFolder(copy, "val").load(0)[0].shape == (size, size, 3)
+    assert (cache / synthetic.MARKER).is_file()
+
+
+def test_a_killed_generation_is_cleaned_and_regenerated(tmp_path):
+    cache = tmp_path / "cache"
+    ensure_embedded(cache, **TINY)
+    params = {**TINY, "seed": 5}
+    name = embedded_copy(params)
+    killed = cache / f"{name}.tmp-{dead_pid()}"  # what a SIGKILLed generator leaves
+    (killed / "train" / "images").mkdir(parents=True)
+    (killed / "train" / "images" / "00000.png").write_bytes(b"half a png")
+    running = cache / f"{name}.tmp-{os.getppid()}"  # a live process's: maybe still being written
+    running.mkdir()
+
+    copy = ensure_embedded(cache, **params)
+    assert copy == cache / name and not killed.exists() and running.is_dir()
+    image, label = render_scene(scene_rng(5, "train", 0), TINY["image_size"])
+    assert np.array_equal(np.asarray(Image.open(copy / "train" / "images" / "00000.png")), image)
+    assert np.array_equal(np.asarray(Image.open(copy / "train" / "labels" / "00000.png")), label)
+
+
+def test_a_generator_waits_for_another_and_finds_the_copy_done(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    ensure_embedded(cache, **TINY)
+    params = {**TINY, "seed": 6}
+    rendered = []
+    monkeypatch.setattr(synthetic, "render_scene", lambda rng, size: rendered.append(size) or render_scene(rng, size))
+    result = {}
+    with open(cache / synthetic.LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another generator is at work
+        waiter = threading.Thread(target=lambda: result.setdefault("copy", ensure_embedded(cache, **params)))
+        waiter.start()
+        waiter.join(1.0)
+        assert waiter.is_alive() and not rendered  # it waits for the lock
+        done = ensure_embedded(tmp_path / "other", **params)  # the other generator's work, then it leaves
+        done.rename(cache / done.name)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    waiter.join(30)
+    assert result["copy"] == cache / embedded_copy(params)
+    assert len(rendered) == params["num_train"] + params["num_val"]  # only the other generator rendered
+
+
+def test_a_copy_given_as_root_with_other_params_names_the_cache(tiny_root):
+    before = snapshot(tiny_root)
+    with pytest.raises(DataError, match=f"set data.root to its parent '{tiny_root.parent}'"):
+        ensure_embedded(tiny_root, **{**TINY, "seed": 7})
+    assert snapshot(tiny_root) == before
+
+
+def test_an_old_layout_cache_is_kept_and_extended(tmp_path):
+    root = legacy_cache(tmp_path)
+    before = snapshot(root)
+    assert ensure_embedded(root, **TINY) == root  # its own parameters: used where it is, nothing written
+    assert snapshot(root) == before and not (root / synthetic.MARKER).exists()
+
+    other = ensure_embedded(root, **{**TINY, "num_val": 1})  # other parameters: a copy next to it
+    assert other == root / embedded_copy({**TINY, "num_val": 1})
+    assert yaml.safe_load((root / synthetic.MARKER).read_text())["legacy_copy"]["seed"] == TINY["seed"]
+    assert ensure_embedded(root, **TINY) == root
+    assert {k: v for k, v in snapshot(root)[0].items() if k in before[0]} == before[0]
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+
+    def full_disk(split_dir, *args):
+        split_dir.mkdir(parents=True)
+        raise OSError(errno.ENOSPC, "No space left on device", str(split_dir / "images" / "00000.png"))
+
+    monkeypatch.setattr(synthetic, "_write_split", full_disk)
+    with pytest.raises(DataError) as caught:
+        ensure_embedded(cache, **TINY)
+    assert "\n" not in str(caught.value) and "No space left on device" in str(caught.value)
+    assert f"data.root '{cache}'" in str(caught.value)
+    assert not any(p.is_dir() for p in cache.iterdir()) and leftovers(cache) == []
+
+
+def test_data_generate_and_preview_use_the_copy(tmp_path, capsys):
+    from kdlab.cli import main
+
+    cache = tmp_path / "cache"
+    args = [f"data.root={cache}", "data.image_size=32", "data.crop_size=32", "data.num_train=3", "data.num_val=2",
+            "data.seed=3"]
+    assert main(["data", "generate", *args]) == 0
+    copy = cache / embedded_copy(TINY)
+    assert f"dataset ready: {copy}" in capsys.readouterr().out
+    out = tmp_path / "preview.png"
+    assert main(["data", "preview", "--count", "2", "--out", str(out), *args]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in cache.iterdir()) == sorted([synthetic.MARKER, synthetic.LOCK, copy.name])
 
 
 # --- the loader ------------------------------------------------------------------------

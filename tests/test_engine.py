@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from kdlab.checkpoint import load_checkpoint, model_from_checkpoint
+from kdlab.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from kdlab.config import load_config
 from kdlab.engine import IterationBatches, evaluate_checkpoint, run_config, slide_inference, train
 from kdlab.errors import CheckpointError, ConfigError
@@ -58,12 +58,12 @@ def test_checkpoint_of_another_architecture_or_class_count_is_refused(tiny_overr
     run = train(cfg, progress=False)
     state = load_checkpoint(run)
     state["model_spec"]["encoder"] = "resnet34"
-    torch.save(state, tmp_path / "other_arch.pt")
+    save_checkpoint(tmp_path / "other_arch.pt", state)  # a consistent checkpoint of another model
     with pytest.raises(CheckpointError, match="other_arch.pt"):
         model_from_checkpoint(tmp_path / "other_arch.pt")
     state = load_checkpoint(run)
     state["dataset"]["num_classes"] = 5
-    torch.save(state, tmp_path / "five.pt")
+    save_checkpoint(tmp_path / "five.pt", state)
     with pytest.raises(CheckpointError, match="5 classes"):
         evaluate_checkpoint(tmp_path / "five.pt", cfg, progress=False)
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")

@@ -2,8 +2,9 @@
 
 Every image is drawn from ``np.random.default_rng([seed, crc32(split), index])``, so any
 image can be regenerated on its own and the dataset does not depend on worker count or
-order. ``ensure_embedded`` writes it once, as PNGs in the layout ``SegmentationFolder``
-reads, and reuses it while ``dataset.yaml`` records the same generator parameters.
+order. ``ensure_embedded`` writes it once per parameter set, as PNGs in the layout
+``SegmentationFolder`` reads, into its own subdirectory of a cache directory that kdlab marks
+as its own (see "writing the dataset" below), and from then on only reads it.
 
 Classes (index, name: what it looks like, and why it is there)
 
@@ -38,8 +39,10 @@ can, which is where the teacher/student gap comes from.
 
 import math
 import os
+import re
 import shutil
 import zlib
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -47,6 +50,13 @@ import numpy as np
 import yaml
 from PIL import Image
 from tqdm import tqdm
+
+from kdlab.errors import DataError
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: generators of one root must then not run at once
+    fcntl = None
 
 CLASS_NAMES = ("grass", "road", "water", "car", "boat", "disk", "box", "pole", "sign")
 PALETTE = [
@@ -327,6 +337,23 @@ def scene_rng(seed, split, index):
 
 
 # --- writing the dataset ---------------------------------------------------------------
+#
+# ``data.root`` of the embedded benchmark is a cache directory that kdlab owns, told by its
+# marker file ``.kdlab-embedded``. Each parameter set has its own complete copy in a
+# subdirectory (``copy_name``), written to ``<copy>.tmp-<pid>`` and renamed into place, so
+# different parameters coexist and a copy, once there, is never replaced or deleted: a job
+# reading it can never lose its files. Generators of one root take turns (a file lock); one
+# that waited finds the copy done. kdlab writes nothing into a directory it did not create:
+# a non-empty ``data.root`` without the marker is an error, unless it is a cache of the old
+# layout (one copy directly in the root, its ``dataset.yaml`` written by this generator),
+# which stays where it is, is used as-is for its own parameters, and gets the marker so that
+# other parameter sets can be added next to it.
+
+MARKER = ".kdlab-embedded"
+LOCK = ".kdlab-embedded.lock"
+_LEGACY_ENTRIES = {"dataset.yaml", "train", "val"}
+_TMP_NAME = re.compile(r"^(?P<copy>.+)\.tmp-(?P<pid>\d+)$")
+
 
 def _generator_params(seed, image_size, num_train, num_val):
     for name, value, minimum in (("image_size", image_size, 32), ("num_train", num_train, 0),
@@ -335,6 +362,12 @@ def _generator_params(seed, image_size, num_train, num_val):
             raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return {"seed": int(seed), "image_size": int(image_size), "num_train": int(num_train),
             "num_val": int(num_val), "version": GENERATOR_VERSION}
+
+
+def copy_name(params):
+    """The subdirectory of the cache holding the copy generated with ``params``."""
+    return (f"seed{params['seed']}-{params['image_size']}px-{params['num_train']}x{params['num_val']}"
+            f"-v{params['version']}")
 
 
 def _dataset_yaml(params):
@@ -348,37 +381,164 @@ def _dataset_yaml(params):
     }
 
 
-def _replace_dir(new, target):
-    """Move directory ``new`` to ``target``, replacing an existing ``target``."""
-    if target.exists():
-        old = target.with_name(f"{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(new, target)
-        shutil.rmtree(old)
+def _generator_of(directory):
+    """The generator parameters in ``directory/dataset.yaml`` if this generator wrote it, else None."""
+    try:
+        meta = yaml.safe_load((Path(directory) / "dataset.yaml").read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    if not isinstance(meta, dict) or meta.get("name") != "embedded":
+        return None
+    generator = meta.get("generator")
+    keys = {"seed", "image_size", "num_train", "num_val", "version"}
+    if not isinstance(generator, dict) or set(generator) != keys:
+        return None
+    expected = _dataset_yaml(generator)
+    return generator if all(meta.get(k) == v for k, v in expected.items()) else None
+
+
+def _is_legacy_copy(root):
+    """A cache of the old layout: the generator's dataset.yaml and its splits, nothing else."""
+    if _generator_of(root) is None or {p.name for p in root.iterdir()} - _LEGACY_ENTRIES:
+        return False
+    return all(not (root / split).exists() or {p.name for p in (root / split).iterdir()} <= {"images", "labels"}
+               for split in SPLITS)
+
+
+def _not_ours(root, why):
+    return DataError(f"data.root '{root}' {why} and is not a kdlab-generated embedded benchmark (no {MARKER} "
+                     f"marker), so kdlab will not write there; for a dataset of your own set data.name=folder")
+
+
+def _claim(root):
+    """Check that kdlab may write into ``root`` and mark it as its own; nothing is written otherwise.
+
+    Allowed: a missing or empty directory, a marked one, or an old-layout cache.
+    """
+    if root.is_symlink() and not root.exists():
+        raise _not_ours(root, "is a dangling symbolic link")
+    if root.exists() and not root.is_dir():
+        raise _not_ours(root, "is a file")
+    if (root / MARKER).is_file():
+        return
+    if root.is_dir() and any(root.iterdir()):
+        parent_owned = (root.parent / MARKER).is_file() and _generator_of(root) is not None
+        if parent_owned:
+            raise DataError(f"data.root '{root}' is one generated copy of the embedded benchmark, with other "
+                            f"parameters ({_describe(_generator_of(root))}); set data.root to its parent "
+                            f"'{root.parent}', the cache of all copies")
+        if not _is_legacy_copy(root):
+            raise _not_ours(root, "is not empty")
+        legacy = _generator_of(root)
     else:
-        os.replace(new, target)
+        legacy = None
+    root.mkdir(parents=True, exist_ok=True)
+    marker = {"created_by": "kdlab embedded benchmark generator (kdlab.data.synthetic)",
+              "layout": 1,
+              "copies": "one subdirectory per parameter set: seed<seed>-<size>px-<train>x<val>-v<version>; "
+                        "kdlab writes and deletes only inside this directory",
+              "legacy_copy": legacy}
+    tmp = root / f"{MARKER}.tmp-{os.getpid()}"
+    tmp.write_text(yaml.safe_dump(marker, sort_keys=False))
+    os.replace(tmp, root / MARKER)
+
+
+def _describe(params):
+    return (f"seed {params['seed']}, {params['image_size']} px, {params['num_train']} train / "
+            f"{params['num_val']} val images, generator version {params['version']}")
+
+
+@contextmanager
+def _locked(root):
+    """Hold the cache's lock file: one generator at a time per root."""
+    with open(root / LOCK, "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _pid_alive(pid):
+    if pid == os.getpid():
+        return False  # a leftover of this process, which is not generating it now
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def _remove_leftovers(root):
+    """Delete ``<copy>.tmp-<pid>`` folders of generators that died (the lock is held)."""
+    for path in root.iterdir():
+        match = _TMP_NAME.match(path.name)
+        if not match or path.is_symlink() or _pid_alive(int(match["pid"])):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif match["copy"] == MARKER:
+            path.unlink(missing_ok=True)
+
+
+def _existing_copy(root, params):
+    """The ready copy for ``params`` in ``root`` (or ``root`` itself when it is one), else None."""
+    if _generator_of(root) == params:  # the root is that copy itself (given directly, or old layout)
+        return root
+    target = root / copy_name(params)
+    if not (root / MARKER).is_file() or not target.exists():
+        return None
+    if _generator_of(target) != params:
+        raise DataError(f"{target}: should hold the embedded benchmark with {_describe(params)}, but its "
+                        f"dataset.yaml says otherwise; kdlab will not replace it, remove it to regenerate")
+    return target
 
 
 def generate_embedded(root, seed=0, image_size=128, num_train=2000, num_val=200, progress=True):
-    """Generate the benchmark into ``root`` (replacing what is there) and return its Path.
+    """Generate the benchmark's copy for these parameters inside the cache ``root``; return its Path.
 
-    Files are written to ``<root>.tmp-<pid>`` first and moved into place at the end, so an
-    interrupted run never leaves a half-written dataset at ``root``.
+    A copy that is already there is returned, never replaced. The files are written to
+    ``<root>/<copy>.tmp-<pid>`` and renamed into place at the end, so an interrupted run
+    leaves no half-written copy (its folder is deleted by the next generation).
     """
     params = _generator_params(seed, image_size, num_train, num_val)
     root = Path(root)
-    tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if (found := _existing_copy(root, params) if root.is_dir() else None) is not None:
+        return found
     try:
-        with tqdm(total=num_train + num_val, desc=f"generating {root.name}", disable=not progress) as bar:
-            for split, count in zip(SPLITS, (num_train, num_val)):
-                _write_split(tmp / split, seed, split, count, image_size, bar)
-        (tmp / "dataset.yaml").write_text(yaml.safe_dump(_dataset_yaml(params), sort_keys=False))
-        _replace_dir(tmp, root)
-    except BaseException:
+        return _generate_locked(root, params, progress)
+    except OSError as err:  # disk full, read-only, no permission: one line naming the place
+        raise DataError(f"data.root '{root}': cannot write the embedded benchmark there "
+                        f"({err.strerror or err}{': ' + str(err.filename) if err.filename else ''})") from err
+
+
+def _generate_locked(root, params, progress):
+    seed, image_size, num_train, num_val = (params[k] for k in ("seed", "image_size", "num_train", "num_val"))
+    _claim(root)
+    with _locked(root):
+        _remove_leftovers(root)
+        if (found := _existing_copy(root, params)) is not None:  # another generator made it meanwhile
+            return found
+        target = root / copy_name(params)
+        tmp = root / f"{target.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return root
+        try:
+            with tqdm(total=num_train + num_val, desc=f"generating {root.name}/{target.name}",
+                      disable=not progress) as bar:
+                for split, count in zip(SPLITS, (num_train, num_val)):
+                    _write_split(tmp / split, seed, split, count, image_size, bar)
+            (tmp / "dataset.yaml").write_text(yaml.safe_dump(_dataset_yaml(params), sort_keys=False))
+            os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
 
 
 def _write_split(split_dir, seed, split, count, image_size, bar):
@@ -392,13 +552,10 @@ def _write_split(split_dir, seed, split, count, image_size, bar):
 
 
 def ensure_embedded(root, seed=0, image_size=128, num_train=2000, num_val=200, progress=True):
-    """Return ``root``, generating the benchmark only if it is missing or its parameters differ."""
-    params = _generator_params(seed, image_size, num_train, num_val)
-    root = Path(root)
-    try:
-        existing = yaml.safe_load((root / "dataset.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        existing = None
-    if isinstance(existing, dict) and existing.get("generator") == params:
-        return root
+    """The directory holding the benchmark generated with these parameters, inside the cache ``root``.
+
+    It is generated on first use (``generate_embedded``); once there it is only read. ``root``
+    must be missing, empty, a cache kdlab made, or one copy itself (then it is returned as-is
+    when its parameters match); anything else is a DataError and nothing is written.
+    """
     return generate_embedded(root, seed, image_size, num_train, num_val, progress)
