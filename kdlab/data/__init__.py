@@ -6,3 +6,6 @@ from kdlab.data.transforms import denormalize, eval_transform, train_transform
 
 __all__ = ["CLASS_NAMES", "IGNORE_INDEX", "NUM_CLASSES", "PALETTE", "SegmentationFolder", "denormalize",
            "ensure_embedded", "eval_transform", "generate_embedded", "read_meta", "train_transform"]
+from kdlab.data.registry import DATASETS, dataset_class, open_dataset  # noqa: E402
+
+__all__ += ["DATASETS", "dataset_class", "open_dataset"]

@@ -82,6 +82,12 @@ class SegmentationFolder:
                             f"(0..{self.num_classes - 1}) or ignore ({self.ignore_index})")
         return image, label
 
+    def size(self, index: int) -> tuple[int, int]:
+        """(H, W) of an image, from its header (no decoding)."""
+        with Image.open(self._images[self.ids[index]]) as image:
+            width, height = image.size
+        return height, width
+
     def __getitem__(self, key) -> dict:
         index, seed = key if isinstance(key, tuple) else (key, None)
         image, label = self.load(index)

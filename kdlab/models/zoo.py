@@ -110,6 +110,11 @@ class SegModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    @property
+    def input_divisor(self) -> int:
+        """What input heights and widths must be multiples of (smp's output-stride check)."""
+        return self.net.encoder.output_stride if getattr(self.net, "requires_divisible_input_shape", False) else 1
+
     def forward_taps(self, x: torch.Tensor, taps: Iterable[str] = ()) -> dict[str, torch.Tensor]:
         """Logits plus the requested named tensors, from one forward pass.
 
