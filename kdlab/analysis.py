@@ -1,31 +1,28 @@
-"""Analysis tools of BPKD Sec. 1 and 4 (Figs. 1, 2, 4): first-layer feature entropy,
-HiResCAM class activation maps, boundary visualisations, and atomic figure / table output.
+"""Analysis math of BPKD Sec. 1–4 (Figs. 1, 2, 4) and of the result tables: tensors in, tensors out.
 
-Figures are built on ``matplotlib.figure.Figure`` directly (no pyplot state), so a
-notebook shows a returned figure once and nothing accumulates between calls.
+- first-layer feature entropy (BPKD Fig. 1): `first_layer_entropy`, `entropy_summary`;
+- class activation maps (BPKD Fig. 4): `class_activation_map` (HiResCAM / Grad-CAM);
+- boundaries (BPKD Fig. 2): `edge_masks`, `decoupled_logits`;
+- scores over seeds and classes: `mean_std_over_seeds`, `gains_over`.
+
+Nothing here reads runs or draws: `kdlab.inspection` feeds these from trained runs and
+`kdlab.plots` draws what they return.
 """
 
-import csv
-import io
-import numbers
-import os
-import tempfile
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from __future__ import annotations
 
-import matplotlib
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib import pyplot as plt
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 from pytorch_grad_cam import GradCAM, HiResCAM
 from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
-from skimage.segmentation import mark_boundaries
+
+from kdlab.losses.functional import bpkd_edge_masks
+from kdlab.data import IGNORE_INDEX
 
 CAM_METHODS = {"hirescam": HiResCAM, "gradcam": GradCAM}
-PANEL_INCHES = 2.6
 
 
 # ---------------------------------------------------------------- entropy (BPKD Fig. 1)
@@ -104,264 +101,55 @@ def _segmentation_targets(model, images, category, mask) -> list[SemanticSegment
         raise ValueError(f"category must be in [0, {logits.shape[1]}), got {category}")
     if mask is None:
         mask = logits.argmax(dim=1) == category
-    mask = _to_numpy(mask).astype(np.float32)
+    mask = torch.as_tensor(mask).detach().cpu().numpy().astype(np.float32)
     expected_shape = (logits.shape[0], *logits.shape[2:])
     if mask.shape != expected_shape:
         raise ValueError(f"mask must have shape N×H×W = {expected_shape}, got {mask.shape}")
     return [SemanticSegmentationTarget(category, region) for region in mask]
 
 
-# ---------------------------------------------------------------- colours and overlays
+# ---------------------------------------------------------------- boundaries (BPKD Fig. 2)
 
 
-def default_palette(num_classes: int, cmap: str = "tab20") -> np.ndarray:
-    """num_classes×3 uint8 RGB palette sampled from a qualitative matplotlib colour map."""
-    colours = matplotlib.colormaps[cmap].resampled(num_classes)(np.arange(num_classes))[:, :3]
-    return np.round(colours * 255).astype(np.uint8)
+def edge_masks(labels: torch.Tensor, num_classes: int, out_size: Sequence[int], edge_width: int = 7,
+               ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+    """BPKD Sec. 3.2 GT edge masks: binary N×C×H×W at the label size and the average-pooled soft
+    ``M_E`` (N×C×h×w at ``out_size``, the logit size)."""
+    binary = bpkd_edge_masks(labels, num_classes, tuple(labels.shape[-2:]), edge_width, ignore_index)
+    return binary, bpkd_edge_masks(labels, num_classes, tuple(out_size), edge_width, ignore_index)
 
 
-def colorize(label, palette, ignore_index: int = 255) -> np.ndarray:
-    """RGB uint8 image (label shape + ×3) of a class-index map; ``ignore_index`` is black."""
-    label = _to_numpy(label).astype(np.int64)
-    palette = _palette_array(palette)
-    ignored = label == ignore_index
-    if np.any(~ignored & ((label < 0) | (label >= len(palette)))):
-        raise ValueError(f"label holds values outside the palette's {len(palette)} classes")
-    rgb = palette[np.where(ignored, 0, label)]
-    rgb[ignored] = 0
-    return rgb
+def decoupled_logits(logits: torch.Tensor, soft_masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """BPKD's decoupling of N×C×h×w logits Z (Fig. 2a) shown as max-logit maps: the edge part
+    ``max_c Z ⊙ M_E`` and the body part ``max_c Z ⊙ (1 − max_c M_E)`` (Eq. 4), each N×h×w."""
+    if logits.shape != soft_masks.shape:
+        raise ValueError(f"soft_masks must have the logits' shape {tuple(logits.shape)}, "
+                         f"got {tuple(soft_masks.shape)}")
+    body_mask = 1 - soft_masks.amax(dim=1, keepdim=True)
+    return (logits * soft_masks).amax(dim=1), (logits * body_mask).amax(dim=1)
 
 
-def overlay_boundaries(image, pred, palette, alpha: float = 0.5, ignore_index: int = 255) -> np.ndarray:
-    """RGB uint8 image with the predicted-class colours blended in and class boundaries in white."""
-    image = _as_rgb(image)
-    pred = _to_numpy(pred).astype(np.int64)
-    if pred.shape != image.shape[:2]:
-        raise ValueError(f"pred must be H×W = {image.shape[:2]}, got {pred.shape}")
-    blended = (1 - alpha) * image + alpha * colorize(pred, palette, ignore_index)
-    blended = np.where((pred == ignore_index)[..., None], image, blended) / 255
-    marked = mark_boundaries(blended, pred, color=(1.0, 1.0, 1.0))
-    return np.round(marked * 255).astype(np.uint8)
+# ---------------------------------------------------------------- scores over seeds and classes
 
 
-# ---------------------------------------------------------------- figures
+def mean_std_over_seeds(values) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample std over the first axis (seeds) of JSON numbers (None for NaN), ignoring NaN:
+    NaN where no value is finite, and the std NaN where fewer than two are, as in
+    `kdlab.pipeline.summary_rows`."""
+    values = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=np.float64)
+    finite = np.isfinite(values)
+    counts = finite.sum(axis=0)
+    zeroed = np.where(finite, values, 0.0)
+    mean = np.where(counts > 0, zeroed.sum(axis=0) / np.maximum(counts, 1), np.nan)
+    squares = np.where(finite, (values - mean) ** 2, 0.0).sum(axis=0)
+    return mean, np.where(counts > 1, np.sqrt(squares / np.maximum(counts - 1, 1)), np.nan)
 
 
-def plot_edge_masks(
-    image, label, edge_mask_binary, edge_mask_soft, class_names: Sequence[str], palette=None, ignore_index: int = 255
-) -> Figure:
-    """BPKD Fig. 2 pipeline for one image: image, ground truth, binary edge mask, soft mask, body mask.
-
-    ``edge_mask_binary`` (C×H×W or H×W) and ``edge_mask_soft`` (C×h×w or h×w, the
-    average-pooled ``M_E``) are collapsed by the max over classes; the body mask is
-    ``1 − max_c M_E`` (BPKD Eq. 4).
-    """
-    palette = default_palette(len(class_names)) if palette is None else _palette_array(palette)
-    binary = _max_over_classes(edge_mask_binary, "edge_mask_binary")
-    soft = _max_over_classes(edge_mask_soft, "edge_mask_soft")
-    label = _to_numpy(label)
-    fig, axes = _new_figure(1, 5)
-    axes = axes[0]
-    _show(axes[0], _as_rgb(image), "Image")
-    _show(axes[1], colorize(label, palette, ignore_index), "Ground truth")
-    present = [c for c in np.unique(label) if c != ignore_index]
-    axes[1].legend(
-        handles=[Patch(facecolor=palette[c] / 255, edgecolor="black", linewidth=0.5, label=class_names[c])
-                 for c in present],
-        loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize="x-small", frameon=False,
-    )
-    _show(axes[2], binary, "Binary edge mask\n(max over classes)", cmap="gray", vmin=0, vmax=1)
-    _show_with_colorbar(fig, axes[3], soft, "Soft edge mask $M_E$\n(average-pooled)", cmap="magma", vmin=0, vmax=1)
-    _show_with_colorbar(fig, axes[4], 1 - soft, "Body mask\n$1-\\max_c M_E$", cmap="magma", vmin=0, vmax=1)
-    return fig
-
-
-def qualitative_grid(images: Sequence, columns: Mapping[str, Sequence], palette, ignore_index: int = 255) -> Figure:
-    """Rows = samples; columns = the image, then one colourised label map per entry of ``columns``.
-
-    ``columns`` maps a title (e.g. "Ground truth", "Teacher", "Student", "BPKD") to one
-    H×W label map per image.
-    """
-    if len(images) == 0:
-        raise ValueError("images must hold at least one image")
-    for title, maps in columns.items():
-        if len(maps) != len(images):
-            raise ValueError(f"columns[{title!r}] has {len(maps)} maps for {len(images)} images")
-    fig, axes = _new_figure(len(images), 1 + len(columns))
-    for row, image in enumerate(images):
-        _show(axes[row, 0], _as_rgb(image), "Image" if row == 0 else None)
-        for col, (title, maps) in enumerate(columns.items(), start=1):
-            _show(axes[row, col], colorize(maps[row], palette, ignore_index), title if row == 0 else None)
-    return fig
-
-
-def plot_map_grid(maps: Mapping[str, object], cmap: str = "viridis", title: str | None = None) -> Figure:
-    """Side-by-side H×W maps (entropy, CAM, boundary) on one shared colour scale with one colour bar."""
-    if len(maps) == 0:
-        raise ValueError("maps must hold at least one map")
-    arrays = {name: _to_numpy(value).astype(np.float64) for name, value in maps.items()}
-    for name, array in arrays.items():
-        if array.ndim != 2:
-            raise ValueError(f"maps[{name!r}] must be an H×W map, got shape {array.shape}")
-    finite = np.concatenate([array[np.isfinite(array)] for array in arrays.values()])
-    vmin, vmax = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
-    fig, axes = _new_figure(1, len(arrays))
-    for ax, (name, array) in zip(axes[0], arrays.items()):
-        shown = _show(ax, array, name, cmap=cmap, vmin=vmin, vmax=vmax)
-    fig.colorbar(shown, ax=list(axes[0]), shrink=0.8)
-    if title is not None:
-        fig.suptitle(title)
-    return fig
-
-
-# ---------------------------------------------------------------- atomic output
-
-
-def save_figure(fig: Figure, stem: str, out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Writes ``stem.png`` (dpi 150) and ``stem.pdf`` atomically, closes ``fig``, returns the two paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = (out_dir / f"{stem}.png", out_dir / f"{stem}.pdf")
-    try:
-        for path in paths:
-            buffer = io.BytesIO()
-            fig.savefig(buffer, format=path.suffix[1:], dpi=150)
-            _write_atomically(path, buffer.getvalue())
-    finally:
-        plt.close(fig)
-    return paths
-
-
-def write_table(
-    rows: Sequence[Mapping], stem: str, out_dir: str | os.PathLike, float_fmt: str = ".4f"
-) -> tuple[Path, Path]:
-    """Writes ``rows`` as ``stem.csv`` and ``stem.md`` with the same columns, atomically.
-
-    Columns are the keys in order of first appearance (missing cells are empty); floats
-    are formatted with ``float_fmt`` (a format spec such as ".4f") in both files.
-    """
-    if len(rows) == 0:
-        raise ValueError("rows must hold at least one row")
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    cells = [[_format_cell(row.get(column, ""), float_fmt) for column in columns] for row in rows]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.md"
-    _write_atomically(csv_path, _csv_text(columns, cells).encode("utf-8"))
-    _write_atomically(md_path, _markdown_text(columns, cells).encode("utf-8"))
-    return csv_path, md_path
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def _to_numpy(value) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
-def _palette_array(palette) -> np.ndarray:
-    palette = np.asarray(palette)
-    if palette.ndim != 2 or palette.shape[1] != 3:
-        raise ValueError(f"palette must be a K×3 list of RGB colours, got shape {palette.shape}")
-    return palette.astype(np.uint8)
-
-
-def _as_rgb(image) -> np.ndarray:
-    """H×W×3 uint8 from an H×W×3 or 3×H×W image, uint8 or float in [0, 1]."""
-    image = _to_numpy(image)
-    if image.ndim == 3 and image.shape[0] == 3 and image.shape[-1] != 3:
-        image = image.transpose(1, 2, 0)
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"image must be H×W×3 or 3×H×W, got shape {image.shape}")
-    if image.dtype == np.uint8:
-        return image
-    if image.min() < 0 or image.max() > 1:
-        raise ValueError("image must be uint8 or float in [0, 1] (undo the normalisation first)")
-    return np.round(image * 255).astype(np.uint8)
-
-
-def _max_over_classes(mask, name: str) -> np.ndarray:
-    mask = _to_numpy(mask).astype(np.float64)
-    if mask.ndim == 3:
-        return mask.max(axis=0)
-    if mask.ndim != 2:
-        raise ValueError(f"{name} must be C×H×W or H×W, got shape {mask.shape}")
-    return mask
-
-
-def _new_figure(nrows: int, ncols: int) -> tuple[Figure, np.ndarray]:
-    fig = Figure(figsize=(PANEL_INCHES * ncols, PANEL_INCHES * nrows), layout="constrained")
-    return fig, fig.subplots(nrows, ncols, squeeze=False)
-
-
-def _show(ax, image: np.ndarray, title: str | None, **imshow_kwargs):
-    shown = ax.imshow(image, interpolation="nearest", **imshow_kwargs)
-    ax.set_axis_off()
-    if title is not None:
-        ax.set_title(title, fontsize="small")
-    return shown
-
-
-def _show_with_colorbar(fig: Figure, ax, image: np.ndarray, title: str, **imshow_kwargs) -> None:
-    fig.colorbar(_show(ax, image, title, **imshow_kwargs), ax=ax, shrink=0.8)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Writes ``data`` to a temporary file next to ``path``, then renames it into place."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-        os.chmod(temporary, 0o644)  # mkstemp creates owner-only files
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
-def _format_cell(value, float_fmt: str) -> str:
-    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
-        return format(value, float_fmt)
-    return str(value)
-
-
-def _csv_text(columns: list[str], cells: list[list[str]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows(cells)
-    return buffer.getvalue()
-
-
-def _markdown_text(columns: list[str], cells: list[list[str]]) -> str:
-    def line(values):
-        return "| " + " | ".join(str(value).replace("|", "\\|") for value in values) + " |\n"
-
-    return line(columns) + line(["---"] * len(columns)) + "".join(line(row) for row in cells)
-
-
-def sweep_figure(rows: Sequence[Mapping], title: str | None = None) -> Figure:
-    """mIoU and trimap mIoU against the swept value of an ablation sweep.
-
-    `rows` come from `kdlab.pipeline.summary_rows`; swept runs are labelled ``recipe@key=value``
-    and the ``baseline`` row is drawn as a horizontal reference line.
-    """
-    swept = [r for r in rows if "@" in r["method"]]
-    key = swept[0]["method"].split("@", 1)[1].split("=", 1)[0]
-    values = [float(r["method"].rsplit("=", 1)[1]) for r in swept]
-    fig, axes = _new_figure(1, 2)
-    for ax, metric in zip(axes[0], ("mIoU", "trimap_mIoU")):
-        ax.errorbar(values, [r[metric] for r in swept], yerr=[np.nan_to_num(r[f"{metric}_std"]) for r in swept],
-                    marker="o", capsize=3, label=swept[0]["method"].split("@")[0])
-        baseline = next((r for r in rows if r["method"] == "baseline"), None)
-        if baseline is not None:
-            ax.axhline(baseline[metric], color="grey", linestyle="--", label="baseline")
-        ax.set_xlabel(key)
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    return fig
+def gains_over(rows: Sequence[Mapping], reference: str = "baseline",
+               exclude: Sequence[str] = ("teacher",)) -> list[dict]:
+    """Per-class gain of every label of a per-class table (rows {"class", <label>: score}) over
+    ``reference`` (``exclude`` left out)."""
+    if not rows or reference not in rows[0]:
+        raise ValueError(f"reference: no column {reference!r} in rows")
+    labels = [k for k in rows[0] if k not in ("class", reference, *exclude)]
+    return [{"class": row["class"], **{label: row[label] - row[reference] for label in labels}} for row in rows]

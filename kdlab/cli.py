@@ -1,8 +1,10 @@
 """The `kdlab` command line: data, train, distill, eval, bench.
 
 Every command takes YAML configs (``-c``, later files win) and dotted overrides
-(``train.iterations=200 model.encoder=resnet34``). Errors in user input print one line
-naming the file or option and exit with status 2.
+(``train.iterations=200 model.encoder=resnet34``). Paths typed here are relative to the working
+directory (a ``-c`` file not found there is looked up in the project, so ``-c configs/student.yaml``
+works anywhere); paths inside config files are under the project root (`kdlab.paths`). Errors in
+user input print one line naming the file or option and exit with status 2.
 """
 
 from __future__ import annotations
@@ -12,16 +14,51 @@ import json
 import sys
 from pathlib import Path
 
-from kdlab.config import RunConfig, load_config
-from kdlab.errors import KdlabError
+from kdlab.config import PATH_KEYS, RunConfig, is_yaml_path, load_config, parse_override, with_overrides
+from kdlab.errors import ConfigError, KdlabError
+
+
+def _typed_path(path: str) -> str:
+    return str(Path(path).expanduser().absolute())
+
+
+def _typed_config(path: str) -> str:
+    """A ``-c`` file: in the working directory, else in the project (`kdlab.paths`)."""
+    return _typed_path(path) if Path(path).expanduser().exists() else path
+
+
+def _typed_override(text: str) -> str:
+    """A path override (``data.root=DIR``) with its path made absolute; recipe names stay names."""
+    key, value = parse_override(text)
+    if key not in PATH_KEYS or not isinstance(value, str) or (key == "distill.recipe" and not is_yaml_path(value)):
+        return text
+    return f"{key}={_typed_path(value)}"
 
 
 def _config(args) -> RunConfig:
-    return load_config(args.config or [], args.overrides)
+    return load_config([_typed_config(p) for p in args.config or []], args.overrides)
+
+
+# What a resumed run may change: where it computes, not what it computes.
+RESUMABLE_KEYS = ("train.device", "train.threads", "data.num_workers")
+
+
+def _resumed_config(args) -> RunConfig:
+    """The config of the run in ``--resume DIR``, continued in DIR itself, with only the overrides a
+    resumed run can honour (`RESUMABLE_KEYS`)."""
+    from kdlab.engine import run_config
+
+    refused = [text for text in args.overrides if parse_override(text)[0] not in RESUMABLE_KEYS]
+    if args.config or refused:
+        given = " ".join([*(f"-c {p}" for p in args.config or []), *refused])
+        raise ConfigError(f"--resume continues {args.resume} as it was configured and cannot honour {given}; "
+                          f"only {', '.join(RESUMABLE_KEYS)} may change (start a new run for the rest)")
+    cfg = run_config(_typed_path(args.resume))
+    return with_overrides(cfg, args.overrides)
 
 
 def cmd_data(args) -> None:
-    from kdlab.data.preview import save_preview
+    from kdlab.plots.dataset_preview import save_preview
     from kdlab.engine import dataset_root
 
     cfg = _config(args)
@@ -33,27 +70,26 @@ def cmd_data(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from kdlab.engine import run_config, train
+    from kdlab.engine import train
 
-    cfg = run_config(args.resume) if args.resume else _config(args)
+    cfg = _resumed_config(args) if args.resume else _config(args)
     run = train(cfg, resume=bool(args.resume), until=args.until)
     _print_results(run)
 
 
 def cmd_distill(args) -> None:
     from kdlab.distill import distill_objective
-    from kdlab.engine import run_config, train
+    from kdlab.engine import train
 
     if args.resume:
-        cfg = run_config(args.resume)
-        cfg.distill.recipe = str(Path(args.resume) / "recipe.yaml")  # the recipe the run started with
+        cfg = _resumed_config(args)
+        cfg.distill.recipe = _typed_path(str(Path(args.resume) / "recipe.yaml"))  # the recipe the run started with
     else:
-        overrides = list(args.overrides)
         if args.recipe:
-            overrides.append(f"distill.recipe={args.recipe}")
+            args.overrides.append(_typed_override(f"distill.recipe={args.recipe}"))
         if args.teacher:
-            overrides.append(f"distill.teacher={args.teacher}")
-        cfg = load_config(args.config or [], overrides)
+            args.overrides.append(_typed_override(f"distill.teacher={args.teacher}"))
+        cfg = _config(args)
     run = train(cfg, resume=bool(args.resume), until=args.until, objective_factory=distill_objective)
     _print_results(run)
 
@@ -62,7 +98,7 @@ def cmd_eval(args) -> None:
     from kdlab.engine import evaluate_checkpoint
 
     cfg = _config(args)
-    scores = evaluate_checkpoint(args.checkpoint, cfg, out=args.out)
+    scores = evaluate_checkpoint(_typed_path(args.checkpoint), cfg, out=args.out and _typed_path(args.out))
     print(json.dumps({k: v for k, v in scores.items() if isinstance(v, (int, float))}, indent=1))
 
 
@@ -131,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     stray = [a for a in extra if "=" not in a or a.startswith("-")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
-    args.overrides = [*getattr(args, "overrides", []), *extra]  # key=value pairs may follow options too
     try:
+        # key=value pairs may follow options too
+        args.overrides = [_typed_override(text) for text in [*getattr(args, "overrides", []), *extra]]
         args.func(args)
     except KdlabError as err:
         print(f"kdlab: error: {err}", file=sys.stderr)

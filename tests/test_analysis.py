@@ -1,4 +1,5 @@
-import csv
+"""kdlab.analysis: entropy, CAMs, edge masks and scores over seeds, on hand-made tensors."""
+
 import math
 
 import numpy as np
@@ -6,38 +7,16 @@ import pytest
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
-from skimage.segmentation import find_boundaries
 
 from kdlab.analysis import (
     class_activation_map,
-    colorize,
+    decoupled_logits,
+    edge_masks,
     entropy_summary,
     first_layer_entropy,
-    overlay_boundaries,
-    plot_edge_masks,
-    plot_map_grid,
-    qualitative_grid,
-    save_figure,
-    write_table,
+    gains_over,
+    mean_std_over_seeds,
 )
-
-PALETTE = [(200, 0, 0), (0, 150, 0), (0, 0, 250)]
-CLASS_NAMES = ["road", "car", "sky"]
-
-
-@pytest.fixture
-def image():
-    return np.random.default_rng(0).random((13, 15, 3))
-
-
-@pytest.fixture
-def label():
-    label = np.zeros((13, 15), dtype=np.int64)
-    label[3:9, 4:11] = 1
-    label[10:, :5] = 2
-    label[0, :3] = 255
-    return label
 
 
 @pytest.fixture(scope="module")
@@ -117,72 +96,45 @@ def test_cam_rejects_bad_arguments_and_restores_mode(tiny_fpn):
     assert tiny_fpn.training
 
 
-def test_colorize_maps_palette_and_blackens_ignore(label):
-    rgb = colorize(label, PALETTE)
-    assert rgb.shape == (13, 15, 3) and rgb.dtype == np.uint8
-    for value in (0, 1, 2):
-        assert (rgb[label == value] == PALETTE[value]).all()
-    assert (rgb[label == 255] == 0).all()
-    with pytest.raises(ValueError, match="label"):
-        colorize(np.full((2, 2), 3), PALETTE)
+def test_edge_masks_are_binary_at_label_size_and_average_pooled_at_out_size():
+    labels = torch.randint(0, 4, (2, 8, 12), generator=torch.Generator().manual_seed(0))
+    labels[0, :2, :3] = 255
+    binary, soft = edge_masks(labels, 4, (4, 6), edge_width=3)
+    assert binary.shape == (2, 4, 8, 12) and set(binary.unique().tolist()) <= {0.0, 1.0}
+    assert torch.allclose(soft, F.avg_pool2d(binary, 2))
 
 
-def test_overlay_blends_colours_and_marks_boundaries(image, label):
-    pred = np.where(label == 255, 0, label)
-    overlay = overlay_boundaries(image, pred, PALETTE, alpha=0.5)
-    assert overlay.shape == (13, 15, 3) and overlay.dtype == np.uint8
-    boundaries = find_boundaries(pred, mode="outer")
-    assert (overlay[boundaries] == 255).all()
-    image_uint8 = np.round(image * 255)
-    expected = np.round(0.5 * image_uint8 + 0.5 * np.asarray(PALETTE)[pred])
-    assert np.abs(overlay[~boundaries] - expected[~boundaries]).max() <= 1
+def test_decoupled_logits_match_a_loop():
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 5, 9, 11, generator=generator)
+    masks = torch.rand(2, 5, 9, 11, generator=generator)
+    edge, body = decoupled_logits(logits, masks)
+    for n in range(2):
+        for y in range(9):
+            for x in range(11):
+                m = [masks[n, c, y, x].item() for c in range(5)]
+                z = [logits[n, c, y, x].item() for c in range(5)]
+                assert edge[n, y, x].item() == pytest.approx(max(zc * mc for zc, mc in zip(z, m)), abs=1e-6)
+                assert body[n, y, x].item() == pytest.approx(max(zc * (1 - max(m)) for zc in z), abs=1e-6)
+    with pytest.raises(ValueError, match="soft_masks"):
+        decoupled_logits(logits, masks[:, :4])
 
 
-def test_plot_edge_masks_has_five_panels_and_two_colour_bars(image, label):
-    one_hot = np.stack([label == c for c in range(3)]).astype(np.float32)
-    binary = np.zeros_like(one_hot)
-    binary[:, 2:10, 3:12] = one_hot[:, 2:10, 3:12]
-    soft = F.adaptive_avg_pool2d(torch.from_numpy(binary)[None], (4, 5))[0]
-    fig = plot_edge_masks(image, label, binary, soft, CLASS_NAMES)
-    assert isinstance(fig, Figure)
-    assert len(fig.axes) == 7
-    assert [ax.get_title() for ax in fig.axes[:2]] == ["Image", "Ground truth"]
+def test_mean_std_over_seeds_ignores_missing_values():
+    mean, std = mean_std_over_seeds([[0.2, None, None, 1.0], [0.4, 0.5, None, float("nan")], [0.9, 0.7, None, 3.0]])
+    np.testing.assert_allclose(mean, [0.5, 0.6, np.nan, 2.0])
+    np.testing.assert_allclose(std, [np.std([0.2, 0.4, 0.9], ddof=1), np.std([0.5, 0.7], ddof=1), np.nan,
+                                     np.std([1.0, 3.0], ddof=1)])
+    mean, std = mean_std_over_seeds([[0.25, 0.5]])
+    assert mean.tolist() == [0.25, 0.5] and np.isnan(std).all()  # one seed: no std
 
 
-def test_qualitative_grid_is_samples_by_columns(image, label):
-    columns = {"Ground truth": [label, label], "Teacher": [label, label], "Student": [label, np.zeros_like(label)]}
-    fig = qualitative_grid([image, image.transpose(2, 0, 1)], columns, PALETTE)
-    assert len(fig.axes) == 2 * 4
-    assert [ax.get_title() for ax in fig.axes[:4]] == ["Image", "Ground truth", "Teacher", "Student"]
-    with pytest.raises(ValueError, match="columns"):
-        qualitative_grid([image], columns, PALETTE)
-
-
-def test_plot_map_grid_has_one_shared_colour_bar():
-    maps = {"teacher": np.ones((5, 7)), "student": torch.zeros(5, 7), "BPKD": np.full((5, 7), 0.5)}
-    fig = plot_map_grid(maps, cmap="magma", title="Entropy")
-    assert len(fig.axes) == 3 + 1
-    assert {image.get_clim() for ax in fig.axes[:3] for image in ax.get_images()} == {(0.0, 1.0)}
-
-
-def test_save_figure_writes_png_and_pdf_atomically(tmp_path):
-    fig = plot_map_grid({"map": np.eye(5)}, cmap="viridis", title="t")
-    png, pdf = save_figure(fig, "eye", tmp_path / "figures")
-    assert png.read_bytes().startswith(b"\x89PNG") and pdf.read_bytes().startswith(b"%PDF")
-    assert sorted(path.name for path in (tmp_path / "figures").iterdir()) == ["eye.pdf", "eye.png"]
-
-
-def test_write_table_csv_and_markdown_share_columns(tmp_path):
-    rows = [{"method": "CWD", "mIoU": 0.71234, "epochs": 2}, {"method": "BPKD", "mIoU": 0.7, "trimap": 0.55555}]
-    csv_path, md_path = write_table(rows, "results", tmp_path, float_fmt=".3f")
-    with open(csv_path, newline="") as handle:
-        read_back = list(csv.reader(handle))
-    assert read_back == [
-        ["method", "mIoU", "epochs", "trimap"],
-        ["CWD", "0.712", "2", ""],
-        ["BPKD", "0.700", "", "0.556"],
-    ]
-    md_lines = md_path.read_text().splitlines()
-    assert md_lines[0] == "| method | mIoU | epochs | trimap |"
-    assert md_lines[2] == "| CWD | 0.712 | 2 |  |"
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["results.csv", "results.md"]
+def test_gains_over_subtract_the_reference_and_leave_out_the_teacher():
+    rows = [{"class": "road", "teacher": 0.9, "baseline": 0.5, "kd": 0.6, "cwd": 0.4},
+            {"class": "car", "teacher": 0.8, "baseline": 0.2, "kd": float("nan"), "cwd": 0.3}]
+    gains = gains_over(rows)
+    assert [list(gain) for gain in gains] == [["class", "kd", "cwd"]] * 2
+    assert gains[0]["kd"] == pytest.approx(0.1) and gains[1]["cwd"] == pytest.approx(0.1)
+    assert math.isnan(gains[1]["kd"])
+    with pytest.raises(ValueError, match="reference"):
+        gains_over(rows, reference="student")

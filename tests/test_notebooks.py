@@ -68,7 +68,7 @@ def test_a_failing_notebook_stops_its_branch_only(tmp_path, monkeypatch, capsys)
     _notebook(tmp_path / "a.ipynb", "raise ValueError('boom')")
     _notebook(tmp_path / "b.ipynb", "print('never runs')")
     _notebook(tmp_path / "c.ipynb", "import json\nprint(json.dumps({'independent': True}))")
-    monkeypatch.setattr(figures, "NOTEBOOK_DIR", tmp_path)
+    monkeypatch.setattr(figures, "notebook_dir", lambda: tmp_path)
     monkeypatch.setattr(figures, "DEPENDENCIES", {"a": [], "b": ["a"], "c": []})
     code = figures.main(["--profile", "quick", "--runs-root", str(tmp_path / "runs"),
                          "--figures-dir", str(tmp_path / "figs")])

@@ -1,4 +1,5 @@
-"""kdlab.report on tiny runs: tables from results written by the test, costs, maps, figures."""
+"""kdlab.inspection on tiny runs: tables from results written by the test, costs, maps, trained parts,
+and the figures drawn from them."""
 
 import dataclasses
 import json
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from kdlab import report
+from kdlab import analysis, inspection
 from kdlab.analysis import first_layer_entropy
 from kdlab.checkpoint import load_checkpoint
 from kdlab.config import load_config
@@ -21,8 +22,10 @@ from kdlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from kdlab.distill import distill_objective
 from kdlab.engine import run_config, supervised_objective, train
 from kdlab.losses.bpkd import BoundaryPrivilegedKD
+from kdlab.plots import (boundaries, comparison, discriminator_scores, entropy, per_class, qualitative,
+                         training_curves, trimap_curves)
 
-# One distilled run holds both methods whose trained parts the report reads (BCD's heads, SKD's
+# One distilled run holds both methods whose trained parts kdlab.inspection reads (BCD's heads, SKD's
 # discriminator); a copy of the baseline becomes its seed 1, so that a std exists.
 BOTH = "methods:\n  - method: bcd\n  - method: skd\n"
 LABELS = ["teacher", "baseline", "bcd_skd"]
@@ -48,7 +51,7 @@ def _fake_results(rng: np.random.Generator, class_names: list[str]) -> dict:
 def tiny_runs(tiny_teacher, tmp_path_factory):
     """Teacher plus 1-iteration students on the teacher's tiny benchmark; every results.json is then
     replaced by random scores (returned), so the tables can be checked against known inputs."""
-    out = tmp_path_factory.mktemp("report-runs")
+    out = tmp_path_factory.mktemp("inspection-runs")
     teacher = shutil.copytree(tiny_teacher, out / "teacher")  # its results.json is rewritten below
     data = run_config(teacher).data
     recipe_file = out / "bcd_skd.yaml"
@@ -74,18 +77,18 @@ def tiny_runs(tiny_teacher, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def models(tiny_runs):
-    run_dirs = report.comparison_runs(tiny_runs["runs"], tiny_runs["teacher"])
-    return report.load_models(run_dirs, "cpu")
+    run_dirs = inspection.comparison_runs(tiny_runs["runs"], tiny_runs["teacher"])
+    return inspection.load_models(run_dirs, "cpu")
 
 
 @pytest.fixture(scope="module")
 def comparison_rows(tiny_runs):
-    return report.comparison_table(tiny_runs["runs"], tiny_runs["teacher"], "cpu", fps_repeats=1)
+    return inspection.comparison_table(tiny_runs["runs"], tiny_runs["teacher"], "cpu", fps_repeats=1)
 
 
 @pytest.fixture(scope="module")
 def samples(tiny_runs):
-    return report.validation_samples(tiny_runs["teacher"], 2)
+    return inspection.validation_samples(tiny_runs["teacher"], 2)
 
 
 def _seed_values(written: dict, label: str, key: str) -> list:
@@ -98,9 +101,9 @@ def test_comparison_runs_put_the_teacher_first_and_take_each_labels_lowest_finis
     for key, run in runs.items():
         run.mkdir()
         (run / ("diverged.json" if key[0] == "ppd" else "results.json")).write_text("{}")
-    assert report.comparison_runs(runs, "t") == {"teacher": Path("t"), "kd": runs[("kd", 0)],
+    assert inspection.comparison_runs(runs, "t") == {"teacher": Path("t"), "kd": runs[("kd", 0)],
                                                  "baseline": runs[("baseline", 0)]}
-    assert list(report.comparison_runs(runs)) == ["kd", "baseline"]
+    assert list(inspection.comparison_runs(runs)) == ["kd", "baseline"]
 
 
 def test_comparison_table_is_mean_and_std_over_seeds_plus_costs(tiny_runs, models, comparison_rows):
@@ -129,11 +132,11 @@ def test_comparison_table_is_mean_and_std_over_seeds_plus_costs(tiny_runs, model
 def test_gflops_of_a_convolution_match_the_hand_count():
     conv = torch.nn.Conv2d(3, 4, kernel_size=3, padding=1)
     multiply_adds = 4 * 7 * 9 * 3 * 3 * 3  # out channels × output pixels × (in channels × kernel area)
-    assert report.count_gflops(conv, (7, 9)) * 1e9 == pytest.approx(2 * multiply_adds)
-    assert report.count_gflops(conv, 5) * 1e9 == pytest.approx(2 * 4 * 25 * 27)
-    assert report.measure_fps(conv, (7, 9), warmup=1, repeats=3) > 0
+    assert inspection.count_gflops(conv, (7, 9)) * 1e9 == pytest.approx(2 * multiply_adds)
+    assert inspection.count_gflops(conv, 5) * 1e9 == pytest.approx(2 * 4 * 25 * 27)
+    assert inspection.measure_fps(conv, (7, 9), warmup=1, repeats=3) > 0
     with pytest.raises(ValueError, match="repeats"):
-        report.measure_fps(conv, 5, repeats=0)
+        inspection.measure_fps(conv, 5, repeats=0)
 
 
 def _mean_of_present(values: list) -> float:
@@ -143,23 +146,23 @@ def _mean_of_present(values: list) -> float:
 
 def test_per_class_tables_and_gains_average_the_written_results(tiny_runs):
     written = tiny_runs["results"]
-    rows = report.per_class_table(tiny_runs["runs"], tiny_runs["teacher"], key="trimap_IoU")
+    rows = inspection.per_class_table(tiny_runs["runs"], tiny_runs["teacher"], key="trimap_IoU")
     assert [row["class"] for row in rows] == written[("teacher", 0)]["class_names"]
     for index, row in enumerate(rows):
         for label in LABELS:
             expected = _mean_of_present([values[index] for values in _seed_values(written, label, "trimap_IoU")])
             assert row[label] == pytest.approx(expected, nan_ok=True)
     assert all(math.isnan(value) for key, value in rows[3].items() if key != "class")  # class 3: never present
-    gains = report.gains_over(rows, reference="baseline")
+    gains = analysis.gains_over(rows, reference="baseline")
     assert list(gains[0]) == ["class", "bcd_skd"]
     for gain, row in zip(gains, rows):
         assert gain["bcd_skd"] == pytest.approx(row["bcd_skd"] - row["baseline"], nan_ok=True)
     with pytest.raises(ValueError, match="reference"):
-        report.gains_over(rows, reference="student")
+        analysis.gains_over(rows, reference="student")
 
 
 def test_trimap_curves_average_over_seeds(tiny_runs):
-    curves = report.trimap_curves(tiny_runs["runs"], tiny_runs["teacher"])
+    curves = inspection.trimap_curves(tiny_runs["runs"], tiny_runs["teacher"])
     assert list(curves) == LABELS
     for label, curve in curves.items():
         assert curve["widths"] == list(WIDTHS)
@@ -173,11 +176,13 @@ def test_trimap_curves_average_over_seeds(tiny_runs):
 def test_loss_terms_keep_the_logged_losses_only(tiny_runs):
     run = tiny_runs["runs"][("bcd_skd", 0)]
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    terms = report.loss_terms(run)
+    terms = inspection.loss_terms(run)
     assert set(terms) == {"iteration", "loss", "kd", "ce", "bcd.boundary", "bcd.context", "skd.pixel", "skd.pairwise",
                           "skd.critic", "skd.holistic"}  # without "bcd.temperature"
     assert terms["iteration"].tolist() == [1]
     assert terms["bcd.context"].tolist() == [record["bcd.context"] for record in log]
+    by_label = inspection.loss_terms_by_label(tiny_runs["runs"])
+    assert {label: len(logs) for label, logs in by_label.items()} == {"baseline": 2, "bcd_skd": 1}
 
 
 def test_validation_samples_undo_the_normalisation(tiny_runs, samples):
@@ -188,15 +193,15 @@ def test_validation_samples_undo_the_normalisation(tiny_runs, samples):
     assert torch.allclose(renormalised, samples.images, atol=0.6 / 255 / min(IMAGENET_STD))
     assert len(samples.class_names) == len(samples.palette) and samples.palette.shape[1] == 3
     with pytest.raises(ValueError, match="count"):
-        report.validation_samples(tiny_runs["teacher"], 0)
+        inspection.validation_samples(tiny_runs["teacher"], 0)
 
 
 def test_last_encoder_block_is_the_module_that_outputs_encoder_out(models, samples):
-    assert report.last_encoder_block(models["teacher"]) is models["teacher"].net.encoder.layer4
-    assert report.last_encoder_block_name(models["teacher"]) == "layer4"
+    assert inspection.last_encoder_block(models["teacher"]) is models["teacher"].net.encoder.layer4
+    assert inspection.last_encoder_block_name(models["teacher"]) == "layer4"
     student = models["baseline"]
-    assert report.last_encoder_block_name(student) == "layer2"
-    block = report.last_encoder_block(student)
+    assert inspection.last_encoder_block_name(student) == "layer2"
+    block = inspection.last_encoder_block(student)
     assert block is student.net.encoder.layer2  # the truncated PSPNet encoder stops at layer2
     seen = []
     handle = block.register_forward_hook(lambda _m, _i, out: seen.append(out))
@@ -206,45 +211,21 @@ def test_last_encoder_block_is_the_module_that_outputs_encoder_out(models, sampl
     assert torch.equal(seen[0], taps["encoder_out"])
 
 
-def test_edge_masks_are_binary_at_label_size_and_average_pooled_at_out_size():
-    labels = torch.randint(0, 4, (2, 8, 12), generator=torch.Generator().manual_seed(0))
-    labels[0, :2, :3] = 255
-    binary, soft = report.edge_masks(labels, 4, (4, 6), edge_width=3)
-    assert binary.shape == (2, 4, 8, 12) and set(binary.unique().tolist()) <= {0.0, 1.0}
-    assert torch.allclose(soft, F.avg_pool2d(binary, 2))
-
-
-def test_decoupled_logits_match_a_loop():
-    generator = torch.Generator().manual_seed(1)
-    logits = torch.randn(2, 5, 9, 11, generator=generator)
-    masks = torch.rand(2, 5, 9, 11, generator=generator)
-    edge, body = report.decoupled_logits(logits, masks)
-    for n in range(2):
-        for y in range(9):
-            for x in range(11):
-                m = [masks[n, c, y, x].item() for c in range(5)]
-                z = [logits[n, c, y, x].item() for c in range(5)]
-                assert edge[n, y, x].item() == pytest.approx(max(zc * mc for zc, mc in zip(z, m)), abs=1e-6)
-                assert body[n, y, x].item() == pytest.approx(max(zc * (1 - max(m)) for zc in z), abs=1e-6)
-    with pytest.raises(ValueError, match="soft_masks"):
-        report.decoupled_logits(logits, masks[:, :4])
-
-
 @pytest.fixture(scope="module")
 def distilled(tiny_runs):
-    return report.objective_from_run(tiny_runs["runs"][("bcd_skd", 0)], "cpu")
+    return inspection.objective_from_run(tiny_runs["runs"][("bcd_skd", 0)], "cpu")
 
 
 def test_objective_from_run_loads_the_trained_objective(tiny_runs, distilled):
     saved = load_checkpoint(tiny_runs["runs"][("bcd_skd", 0)])["objective"]
     assert all(torch.equal(value, saved[name]) for name, value in distilled[1].state_dict().items())
     with pytest.raises(ValueError, match="run_dir"):
-        report.objective_from_run(tiny_runs["runs"][("baseline", 0)], "cpu")
+        inspection.objective_from_run(tiny_runs["runs"][("baseline", 0)], "cpu")
 
 
 def test_bcd_boundary_map_comes_from_the_trained_student_heads(distilled, samples):
     student, objective = distilled
-    maps = report.bcd_boundary_maps(student, objective, samples.images)
+    maps = inspection.bcd_boundary_maps(student, objective, samples.images)
     assert maps.shape == (2, 8, 8)
     bcd = objective.methods["bcd"]
     with torch.no_grad():
@@ -256,7 +237,7 @@ def test_bcd_boundary_map_comes_from_the_trained_student_heads(distilled, sample
 
 def test_discriminator_scores_are_d_of_each_models_softmax(distilled, models, samples):
     objective = distilled[1]
-    scores = report.discriminator_scores(objective, {"teacher": models["teacher"], "baseline": models["baseline"]},
+    scores = inspection.discriminator_scores(objective, {"teacher": models["teacher"], "baseline": models["baseline"]},
                                          samples.images)
     discriminator = objective.methods["skd"].parts[2].discriminator
     with torch.no_grad():
@@ -269,12 +250,12 @@ def test_discriminator_scores_are_d_of_each_models_softmax(distilled, models, sa
         assert scores[label].shape == (2,)
         np.testing.assert_allclose(scores[label], value.numpy(), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="objective"):
-        report.find_method(objective, BoundaryPrivilegedKD)  # not in the recipe
+        inspection.find_method(objective, BoundaryPrivilegedKD)  # not in the recipe
 
 
 def test_entropy_points_average_the_stem_entropy(tiny_runs, models, samples):
-    run_dirs = report.comparison_runs(tiny_runs["runs"], tiny_runs["teacher"])
-    points = report.entropy_points({"baseline": models["baseline"]}, run_dirs, samples)
+    run_dirs = inspection.comparison_runs(tiny_runs["runs"], tiny_runs["teacher"])
+    points = inspection.entropy_points({"baseline": models["baseline"]}, run_dirs, samples)
     with torch.no_grad():
         stem = models["baseline"].forward_taps(samples.images, ["stem"])["stem"]
     assert points[0]["entropy_all"] == pytest.approx(first_layer_entropy(stem).mean().item(), rel=1e-5)
@@ -285,60 +266,29 @@ def _visible_axes(fig: Figure) -> int:
     return sum(ax.axison or ax.has_data() or bool(ax.images) for ax in fig.axes)
 
 
-def test_figures_have_one_axes_per_panel(tiny_runs, models, samples, comparison_rows):
+def test_figures_of_the_runs_have_one_axes_per_panel(tiny_runs, models, samples, comparison_rows):
     runs, teacher = tiny_runs["runs"], tiny_runs["teacher"]
-    per_class = report.per_class_table(runs, teacher)
-    maps = report.entropy_maps(models, samples.images)
-    predictions = report.predictions(models, samples.images)
+    run_dirs = inspection.comparison_runs(runs, teacher)
+    per_class_rows = inspection.per_class_table(runs, teacher)
+    maps = inspection.entropy_maps(models, samples.images)
+    predictions = inspection.predictions(models, samples.images)
     figures = {
-        "comparison": (report.comparison_figure(comparison_rows), len(report.COMPARISON_METRICS)),
-        "trimap curves": (report.trimap_curves_figure(report.trimap_curves(runs, teacher)), 1),
-        "training curves": (report.training_curves_figure(runs), 2),  # baseline, bcd_skd
-        "entropy scatter": (report.entropy_scatter_figure([{"model": "a", "entropy_all": 1.0, "entropy_band": 2.0,
-                                                            "edge_pixel_accuracy": 0.5}]), 2),
-        "map grid": (report.map_grid_figure(samples.rgb, maps), 2 * (1 + len(models)) + 1),  # + colour bar
-        "grouped bars": (report.grouped_bars_figure(report.gains_over(per_class), "gain", "gains"), 1),
-        "scores": (report.score_figure({"teacher": np.ones(3), "kd": np.zeros(3)}), 2),
-        "image grid": (report.image_grid_figure(report.overlay_columns(samples, predictions)), 2 * (1 + len(models))),
+        "comparison": (comparison.comparison_figure(comparison_rows), len(comparison.COMPARISON_METRICS)),
+        "trimap curves": (trimap_curves.trimap_curves_figure(inspection.trimap_curves(runs, teacher)), 1),
+        "training curves": (training_curves.training_curves_figure(inspection.loss_terms_by_label(runs)),
+                            2),  # baseline, bcd_skd
+        "entropy scatter": (entropy.entropy_vs_edge_accuracy_figure(inspection.entropy_points(models, run_dirs,
+                                                                                              samples)), 2),
+        "entropy maps": (entropy.entropy_maps_figure(samples.rgb, maps), 2 * (1 + len(models)) + 1),  # + colour bar
+        "decoupled logits": (boundaries.decoupled_logits_figure(
+            samples.rgb, inspection.decoupled_logit_maps(models["teacher"], samples)), 2 * 4 + 1),
+        "per class": (per_class.per_class_figure(analysis.gains_over(per_class_rows), "gain", "gains"), 1),
+        "scores": (discriminator_scores.discriminator_scores_figure({"teacher": np.ones(3), "kd": np.zeros(3)}), 2),
+        "overlays": (qualitative.prediction_overlays_figure(samples.rgb, predictions, samples.palette),
+                     2 * len(models)),
+        "qualitative": (qualitative.qualitative_figure(samples.rgb, predictions, samples.palette),
+                        2 * (1 + len(models))),
     }
     for name, (fig, expected) in figures.items():
         assert isinstance(fig, Figure), name
         assert _visible_axes(fig) == expected, name
-
-
-def test_many_methods_get_distinct_colours_wider_panels_and_a_heat_map():
-    methods = [f"method{i}" for i in range(15)]
-    colours = report.label_colours(["teacher", "baseline", *methods])
-    assert len(set(colours.values())) == 17
-    rows = [{"method": m, **{k: 0.5 for k in report.COMPARISON_METRICS},
-             **{f"{k}_std": 0.0 for k in report.COMPARISON_METRICS}} for m in methods]
-    fig = report.comparison_figure(rows)
-    assert _visible_axes(fig) == len(report.COMPARISON_METRICS) and fig.get_size_inches()[0] < 12
-    gains = [{"class": c, **{m: 0.1 * i - 0.5 for i, m in enumerate(methods)}} for c in ("road", "car")]
-    fig = report.grouped_bars_figure(gains, "gain", "gains")
-    heat = fig.axes[0]
-    assert heat.images and [t.get_text() for t in heat.get_yticklabels()] == methods
-    assert len(heat.texts) == 2 * len(methods) and heat.texts[0].get_text() == "-0.50"
-
-
-def test_explorer_renders_every_overlay_and_names_bad_choices(models, samples):
-    two = {label: models[label] for label in ("teacher", "bcd_skd")}
-    data = report.explorer_data(two, samples, samples.class_names[0])
-    for label, cam in data.cams.items():
-        assert cam.shape == (2, 64, 64) and cam.min() >= 0 and cam.max() <= 1 + 1e-6, label
-    for overlay in report.OVERLAYS:
-        fig = report.explorer_figure(data, 1, "teacher", overlay)
-        colour_bars = overlay in ("entropy", "CAM")
-        assert len(fig.axes) == 3 + colour_bars, overlay
-    for kwargs, argument in (({"overlay": "gradients"}, "overlay"), ({"model": "nobody"}, "model"),
-                             ({"index": 2}, "index")):
-        with pytest.raises(ValueError, match=argument):
-            report.explorer_figure(data, **kwargs)
-    with pytest.raises(ValueError, match="name"):
-        report.class_index(samples.class_names, "unicorn")
-    widget = report.explorer_widget(data)
-    controls = {c.description: c for c in widget.children[:-1]}
-    assert list(controls["model"].options) == ["teacher", "bcd_skd"] and len(controls["image"].options) == 2
-    controls["model"].value, controls["overlay"].value = "bcd_skd", "CAM"
-    assert widget.result.texts[0].get_text() == "Validation image 0" and len(widget.result.axes) == 4
-    assert widget.result.axes[2].get_title() == "bcd_skd: CAM"
