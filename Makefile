@@ -1,12 +1,13 @@
 # kdlab: `make figures` regenerates every figure and table; `make test` runs the test suite.
-# Both create the virtual environment on first use.
+# `make lab` starts JupyterLab at the repository root. All create the virtual environment on first use.
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= default
 ARGS ?=
+LAB_ARGS ?=
 
-.PHONY: setup test figures teacher student bench clean-runs
+.PHONY: setup test figures lab teacher student bench clean-runs
 
 setup: $(VENV)/.installed
 
@@ -21,6 +22,12 @@ test: setup
 
 figures: setup
 	$(PY) -m kdlab.figures --profile $(PROFILE) $(ARGS)
+
+# JupyterLab on this venv's kernel, at the repository root (open notebooks/ from its file browser).
+# LAB_ARGS passes options, e.g. LAB_ARGS='--port=8890 --no-browser'; as root it adds --allow-root.
+lab: setup
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m jupyter lab --ServerApp.root_dir="$(CURDIR)" \
+		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 bench: setup
 	$(PY) -m kdlab.cli bench -c configs/student.yaml

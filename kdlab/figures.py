@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figures-dir", help="where figures and tables go (default: the profile's)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--only", nargs="*", help="run only these notebooks (e.g. 02_comparison)")
-    parser.add_argument("--dataset", help="replaces the profile's dataset (embedded | folder)")
+    parser.add_argument("--dataset", help="replaces the profile's dataset (a kdlab.data.DATASETS name)")
     parser.add_argument("--data-root", help="replaces the profile's dataset directory")
     parser.add_argument("--recipes", nargs="+", help="replace the profile's comparison recipes")
     parser.add_argument("--seeds", nargs="+", type=int, help="replace the seeds of the profile's comparison")
