@@ -2,7 +2,7 @@
 
 - runs and models: `comparison_runs`, `load_model(s)`, `validation_samples`, `forward_taps`, `predictions`;
 - method comparison (BPKD Table 1, BCD Table III, SKD Table 1): `comparison_table` (mean ± std over
-  seeds plus `cost_columns`: parameters, GFLOPs, FPS), `trimap_curves`, `loss_terms_by_label`;
+  seeds plus `cost_columns`: parameters that run, GMACs, FPS), `trimap_curves`, `loss_terms_by_label`;
 - first-layer entropy (BPKD Fig. 1): `entropy_maps`, `entropy_points`;
 - class activation maps (BPKD Fig. 4): `last_encoder_block(_name)`, `class_index`, `cam_maps`;
 - per-class scores (BPKD Fig. 6 / Table 8, SKD Fig. 4): `per_class_table`;
@@ -38,7 +38,7 @@ from kdlab.losses.base import DistillMethod, resize_to
 from kdlab.losses.bcd import BoundaryContextDistillation
 from kdlab.losses.skd_holistic import HolisticKD
 from kdlab.metrics import DEFAULT_BAND_WIDTH, trimap_band
-from kdlab.models.zoo import SegModel, count_parameters
+from kdlab.models.zoo import SegModel
 from kdlab.pipeline import read_results, summary_rows
 from kdlab.runtime import resolve_device
 
@@ -138,13 +138,29 @@ def _image_batch(model: nn.Module, image_size: int | Sequence[int]) -> torch.Ten
     return torch.zeros(1, 3, height, width, device=_device_of(model))
 
 
-def count_gflops(model: nn.Module, image_size: int | Sequence[int]) -> float:
-    """GFLOPs of one forward pass on one image of ``image_size`` (torch's FlopCounterMode: one
-    multiply–add counts as two FLOPs)."""
+def count_gmacs(model: nn.Module, image_size: int | Sequence[int]) -> float:
+    """Giga multiply–accumulates of one forward pass on one image of ``image_size``, as the papers
+    report cost (BPKD's "54.53 G" for PSPNet-R18 at 512×1024): torch's FlopCounterMode counts a
+    multiply–add as two FLOPs, so MACs are half its count."""
     image = _image_batch(model, image_size)
     with evaluation(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(image)
-    return counter.get_total_flops() / 1e9
+    return counter.get_total_flops() / 2e9
+
+
+def count_running_parameters(model: nn.Module, image_size: int | Sequence[int]) -> int:
+    """Parameters of the modules that run in a forward pass: smp's truncated encoders keep layers
+    that never run (the ``encoder_depth=3`` PSPNet holds layer3 and layer4), which a plain count
+    would report."""
+    ran: set[nn.Module] = set()
+    handles = [module.register_forward_hook(lambda m, _i, _o: ran.add(m)) for module in model.modules()]
+    try:
+        with evaluation(model), torch.no_grad():
+            model(_image_batch(model, image_size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sum(p.numel() for p in {p for m in ran for p in m.parameters(recurse=False)})
 
 
 def measure_fps(model: nn.Module, image_size: int | Sequence[int], warmup: int = 5, repeats: int = 20) -> float:
@@ -168,8 +184,8 @@ def measure_fps(model: nn.Module, image_size: int | Sequence[int], warmup: int =
 
 
 def cost_columns(model: nn.Module, image_size: int | Sequence[int], fps_repeats: int = 20) -> dict:
-    """Parameters (millions), GFLOPs and FPS of ``model`` on one image of ``image_size``."""
-    return {"params_M": count_parameters(model) / 1e6, "GFLOPs": count_gflops(model, image_size),
+    """Parameters that run (millions), GMACs and FPS of ``model`` on one image of ``image_size``."""
+    return {"params_M": count_running_parameters(model, image_size) / 1e6, "GMACs": count_gmacs(model, image_size),
             "FPS": measure_fps(model, image_size, repeats=fps_repeats)}
 
 
