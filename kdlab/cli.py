@@ -105,7 +105,10 @@ def cmd_eval(args) -> None:
 def cmd_bench(args) -> None:
     from kdlab.bench import run_benchmarks
 
-    run_benchmarks(_config(args), recipes=args.recipes, iterations=args.iterations, out=args.out)
+    sizes = [tuple(int(v) for v in text.lower().split("x")) for text in args.size] if args.size else None
+    run_benchmarks(_config(args), recipes=args.recipes, rounds=args.rounds, warmup=args.warmup, out=args.out,
+                   json_path=args.json, sizes=sizes, memory=not args.no_memory, cohort=not args.no_cohort,
+                   pipeline_batches=args.pipeline_batches)
 
 
 def _print_results(run: Path) -> None:
@@ -152,10 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("bench", help="ms/iteration and peak memory of each recipe vs the baseline")
+    p = sub.add_parser("bench", help="ms/step, ratios to the floor and peak memory of each recipe (interleaved rounds)")
     p.add_argument("--recipes", nargs="*", default=None, help="recipe names (default: every shipped recipe)")
-    p.add_argument("--iterations", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=15, help="measured rounds (one step of every row each)")
+    p.add_argument("--warmup", type=int, default=2, help="discarded rounds before the measured ones")
+    p.add_argument("--size", action="append", metavar="HxW",
+                   help="input size, repeatable (default: data.crop_size on CPU; 512x512 and 512x1024 on CUDA)")
+    p.add_argument("--no-memory", action="store_true", help="skip the per-row peak-memory processes")
+    p.add_argument("--no-cohort", action="store_true", help="skip the row of all recipes as one cohort")
+    p.add_argument("--pipeline-batches", type=int, default=10,
+                   help="batches timed for the input pipeline's images/s (0: skip)")
     p.add_argument("--out", default="runs/bench.md")
+    p.add_argument("--json", metavar="PATH", help="one record per recipe (default: --out with .json)")
     _common(p)
     p.set_defaults(func=cmd_bench)
     return parser

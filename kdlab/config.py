@@ -38,7 +38,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     iterations: int = 1000  # total optimisation steps (poly schedule runs over these)
-    batch_size: int = 8  # images per step
+    batch_size: int = 8  # images per step (the global batch: under torchrun each of N processes takes batch_size / N)
     lr: float = 0.01  # initial SGD learning rate
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 5e-4  # SGD weight decay
@@ -46,7 +46,9 @@ class TrainConfig:
     grad_clip: float | None = None  # max global gradient norm; None = no clipping
     seed: int = 0  # seeds model init, data order and augmentation
     device: str = "auto"  # "auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:1", ...
-    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    amp: bool = True  # mixed precision (autocast): on CUDA always; on CPU only with amp_dtype set explicitly
+    amp_dtype: str | None = None  # autocast dtype: "float16" (with a GradScaler) or "bfloat16"; None = float16 on CUDA, off on CPU
+    sync_bn: bool = True  # under torchrun (DDP): BatchNorm statistics over the global batch (SyncBN); no effect on one process
     log_interval: int = 10  # iterations between log lines
     eval_interval: int = 500  # iterations between validation runs (0 = only at the end)
     checkpoint_interval: int = 500  # iterations between checkpoints (the last one is always written)
@@ -174,6 +176,7 @@ VALUE_RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.weight_decay": (_at_least(0), "0 or more"),
     "train.poly_power": (_at_least(0), "0 or more"),
     "train.grad_clip": (_positive, "positive, or null for no clipping"),
+    "train.amp_dtype": (lambda v: v in ("float16", "bfloat16"), "'float16', 'bfloat16' or null (float16 on CUDA, off on CPU)"),
     "train.log_interval": (_positive, "a positive number of steps"),
     "train.eval_interval": (_at_least(0), "0 (only at the end) or a positive number of steps"),
     "train.checkpoint_interval": (_positive, "a positive number of steps"),

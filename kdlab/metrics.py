@@ -11,7 +11,8 @@ an empty set is NaN.
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
+
+from kdlab.morphology import dilate
 
 DEFAULT_WIDTHS = (1, 3, 5, 7, 10, 15, 20)
 DEFAULT_BAND_WIDTH = 7
@@ -128,8 +129,7 @@ def _boundary_pixels(label: torch.Tensor, ignore_index: int) -> torch.Tensor:
 
 def _dilate(mask: torch.Tensor, width: int) -> torch.Tensor:
     """Pixels within chessboard distance < width of ``mask``: a (2w−1)×(2w−1) max filter."""
-    dilated = F.max_pool2d(mask[:, None].float(), kernel_size=2 * width - 1, stride=1, padding=width - 1)
-    return dilated[:, 0] > 0
+    return dilate(mask.bool(), 2 * width - 1)
 
 
 def trimap_band(label: torch.Tensor, width: int, ignore_index: int = 255) -> torch.Tensor:
@@ -202,6 +202,14 @@ class SegmentationMeter:
             self.bands[index] += _count_pairs(pred, label, self.num_classes, band)
             if width == self.band_width:
                 self.body += _count_pairs(pred, label, self.num_classes, valid & ~band)
+
+    def merge(self, reduce, device: torch.device | None = None) -> None:
+        """Sums the counts of every process: ``reduce`` sums a tensor in place over the processes
+        (e.g. ``torch.distributed.all_reduce``); the counts move to ``device`` first (NCCL: the GPU)."""
+        for name in ("whole", "bands", "body"):
+            counts = getattr(self, name).to(device or getattr(self, name).device)
+            reduce(counts)
+            setattr(self, name, counts)
 
     def compute(self) -> dict:
         """Scores of everything counted since the last reset (fractions; NaN over empty sets)."""

@@ -901,3 +901,95 @@ def test_cuda_edge_masks_and_affinity_match_cpu(labels, gen):
     valid = K.bcd_affinity_valid_mask(H, W, 2, device="cuda")
     assert valid.device.type == "cuda"
     assert torch.equal(valid.cpu(), K.bcd_affinity_valid_mask(H, W, 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact rewrites of the methods' cost (issue 14): the old form and the new agree, values and gradients
+# ---------------------------------------------------------------------------------------------
+
+
+def _ctx(student_channels, teacher_channels):
+    from kdlab.losses.base import MethodContext
+
+    return MethodContext(student_channels, teacher_channels, list(student_channels), list(teacher_channels), 3)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("size", [(2, 2), (5, 7), (8, 8)])
+def test_pooling_before_upsampling_equals_upsample_then_pool(gen, relu, size):
+    import torch.nn.functional as F
+    from kdlab.losses.skd_pairwise import max_pool2_of_bilinear_up2
+
+    x = torch.randn(2, 6, *size, generator=gen, dtype=torch.float64)
+    x = (x.relu() if relu else x).requires_grad_(True)
+    weights = torch.randn(2, 6, *size, generator=gen, dtype=torch.float64)
+    old = F.max_pool2d(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False), 2, 2, ceil_mode=True)
+    new = max_pool2_of_bilinear_up2(x)
+    torch.testing.assert_close(new, old, rtol=1e-12, atol=1e-12)
+    (old_grad,) = torch.autograd.grad((old * weights).sum(), x)
+    (new_grad,) = torch.autograd.grad((new * weights).sum(), x)
+    if not relu:
+        torch.testing.assert_close(new_grad, old_grad, rtol=1e-12, atol=1e-12)
+    else:
+        # Zeros make window entries mathematically equal (e.g. 0.75·x_i + 0.25·0 twice); which of them
+        # max-pooling's gradient picks is then decided by rounding in the old form. Either is a valid
+        # subgradient, and the two only differ on zero entries, where a ReLU passes no gradient on.
+        differs = (new_grad - old_grad).abs() > 1e-12
+        assert (x[differs] == 0).all()
+        torch.testing.assert_close(new_grad.sum(), old_grad.sum())
+
+
+def test_skd_pairwise_method_pools_before_upsampling_with_the_same_loss(gen):
+    import torch.nn.functional as F
+    from kdlab.losses.base import Step
+    from kdlab.losses.skd_pairwise import PairwiseKD
+
+    method = PairwiseKD(_ctx({"decoder": 8}, {"decoder": 5}))
+    s = torch.randn(2, 8, 6, 5, generator=gen, requires_grad=True)
+    t = torch.randn(2, 5, 12, 10, generator=gen)
+    new = method({"decoder": s}, {"decoder": t}, {}, Step(1, 10))["pairwise"]
+    (new_grad,) = torch.autograd.grad(new, s)
+    up = F.interpolate(s, size=(12, 10), mode="bilinear", align_corners=False)
+    old = K.pairwise_similarity_kd(up, t, pool_kernel=2)
+    (old_grad,) = torch.autograd.grad(old, s)
+    torch.testing.assert_close(new, old, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(new_grad, old_grad, rtol=1e-4, atol=1e-7)
+
+
+def test_mimic_adapter_before_the_resize_matches_resize_then_adapter(gen):
+    import torch.nn.functional as F
+    from kdlab.losses.base import Step
+    from kdlab.losses.mimic import MimicKD
+
+    torch.manual_seed(0)
+    method = MimicKD(_ctx({"decoder": 8}, {"decoder": 4}))
+    s = torch.randn(2, 8, 6, 5, generator=gen, requires_grad=True)
+    t = torch.randn(2, 4, 12, 11, generator=gen)
+    new = method({"decoder": s}, {"decoder": t}, {}, Step(1, 10))["mimic"]
+    new_grads = torch.autograd.grad(new, [s, *method.adapter.parameters()])
+    old = K.mimic_kd(method.adapter(F.interpolate(s, size=(12, 11), mode="bilinear", align_corners=False)), t)
+    old_grads = torch.autograd.grad(old, [s, *method.adapter.parameters()])
+    torch.testing.assert_close(new, old, rtol=1e-5, atol=1e-7)
+    for a, b in zip(new_grads, old_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_bcd_teacher_side_builds_no_graph(gen):
+    from kdlab.losses.bcd import BoundaryContextDistillation
+
+    method = BoundaryContextDistillation(_ctx({"s1": 4, "s2": 6}, {"t1": 5, "t2": 7}), width=8, lateral_width=4)
+    student = [torch.randn(2, 4, 8, 8, generator=gen, requires_grad=True),
+               torch.randn(2, 6, 4, 4, generator=gen, requires_grad=True)]
+    teacher = [torch.randn(2, 5, 8, 8, generator=gen), torch.randn(2, 7, 4, 4, generator=gen)]
+    s, t = method.fused({"features": student}, {"features": teacher}, torch.zeros(2, 3, 32, 32))
+    assert s.requires_grad and not t.requires_grad and t.grad_fn is None
+    assert not any(p.requires_grad for p in method.teacher_fusion.parameters())
+    assert not any(p.requires_grad for p in method.teacher_boundary.parameters())
+
+
+def test_bpkd_edge_masks_stay_on_the_device_and_vectorised():
+    labels = torch.randint(0, 4, (3, 40, 40))
+    masks = K.bpkd_edge_masks(labels, 4, (10, 10), edge_width=7)
+    assert masks.shape == (3, 4, 10, 10) and masks.dtype == torch.float32
+    per_image = torch.cat([K.bpkd_edge_masks(labels[i:i + 1], 4, (10, 10), edge_width=7) for i in range(3)])
+    assert torch.equal(masks, per_image)

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from kdlab.morphology import block_max, dilate, erode
+
 __all__ = [
     "DEFAULT_MAX_BLOCK_ELEMS",
     "BCD_DIRECTIONS",
@@ -251,10 +253,8 @@ def pairwise_similarity_kd(
     if pool_kernel is not None:
         if isinstance(pool_kernel, bool) or not isinstance(pool_kernel, int) or pool_kernel < 1:
             raise ValueError(f"pool_kernel must be a positive integer or None, got {pool_kernel!r}")
-        student_feat, teacher_feat = (
-            F.max_pool2d(feat, kernel_size=pool_kernel, stride=pool_kernel, ceil_mode=True)
-            for feat in (student_feat, teacher_feat)
-        )
+        student_feat = F.max_pool2d(student_feat, kernel_size=pool_kernel, stride=pool_kernel, ceil_mode=True)
+        teacher_feat = block_max(teacher_feat, pool_kernel)  # the same values, faster; no gradient needed
     return _similarity_distance(student_feat, teacher_feat, max_block_elems)
 
 
@@ -329,20 +329,6 @@ def channel_wise_kd(
 # ---------------------------------------------------------------------------------------------
 
 
-def _dilate(masks: torch.Tensor, size: int) -> torch.Tensor:
-    """Max filter over a ``size×size`` window, ``(size−1)//2`` before and ``size//2`` after
-    each pixel (so even sizes work); outside the image counts as 0."""
-    before, after = (size - 1) // 2, size // 2
-    padded = F.pad(masks, (before, after, before, after), value=0.0)
-    return F.max_pool2d(padded, kernel_size=size, stride=1)
-
-
-def _erode(masks: torch.Tensor, size: int) -> torch.Tensor:
-    """Min filter over the same window as ``_dilate``; outside the image counts as 1, so the
-    image border does not eat into a region."""
-    return 1.0 - _dilate(1.0 - masks, size)
-
-
 def bpkd_edge_masks(
     labels: torch.Tensor,
     num_classes: int,
@@ -353,10 +339,14 @@ def bpkd_edge_masks(
     """Soft per-class edge masks ``M_E`` of BPKD Sec. 3.2: ``N×C×h×w`` floats in ``[0, 1]``.
 
     Per class ``c``: ``GT_edge,c = dilate(Y_c) − erode(Y_c)`` with a square window of side
-    ``edge_width`` (see ``_dilate``/``_erode``), where ``Y_c`` is the one-hot mask of ``labels``
+    ``edge_width`` (``kdlab.morphology``: ``(w−1)//2`` pixels before each pixel and ``w//2``
+    after it; outside the image counts as 0 for the dilation and as 1 for the erosion, so the
+    image border does not make edges), where ``Y_c`` is the one-hot mask of ``labels``
     (``N×H×W`` integers; ignore pixels belong to no class). The binary masks are adaptively
-    average-pooled to ``out_size`` (the logit size). Vectorised over batch and classes; runs on
-    the labels' device.
+    average-pooled to ``out_size`` (the logit size). Vectorised over batch and classes with
+    separable boolean max filters; runs on the labels' device. Labels outside
+    ``[0, num_classes)`` raise ``ValueError`` on the CPU; on other devices that check would need
+    a host round-trip every step, so it is skipped there and such pixels belong to no class.
     """
     if not isinstance(labels, torch.Tensor) or labels.dim() != 3:
         raise ValueError("labels must be an N×H×W integer tensor")
@@ -367,12 +357,13 @@ def bpkd_edge_masks(
     if isinstance(edge_width, bool) or not isinstance(edge_width, int) or edge_width < 1:
         raise ValueError(f"edge_width must be a positive integer, got {edge_width!r}")
     valid = labels != ignore_index
-    if ((labels < 0) | (labels >= num_classes))[valid].any():
+    if labels.device.type == "cpu" and (((labels < 0) | (labels >= num_classes)) & valid).any():
         raise ValueError(f"labels must lie in [0, {num_classes}) or equal ignore_index={ignore_index}")
     classes = torch.arange(num_classes, device=labels.device).view(1, -1, 1, 1)
-    one_hot = ((labels.unsqueeze(1) == classes) & valid.unsqueeze(1)).float()
-    edges = _dilate(one_hot, edge_width) - _erode(one_hot, edge_width)
-    return F.adaptive_avg_pool2d(edges, out_size)
+    one_hot = (labels.unsqueeze(1) == classes) & valid.unsqueeze(1)
+    # dilate ≥ Y ≥ erode on binary masks, so dilate − erode is dilate ∧ ¬erode
+    edges = dilate(one_hot, edge_width) & ~erode(one_hot, edge_width)
+    return F.adaptive_avg_pool2d(edges.float(), out_size)
 
 
 def _divide_or_zero(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:

@@ -18,5 +18,7 @@ class MimicKD(DistillMethod):
         self.adapter = nn.Conv2d(self.channels("student", "feat"), self.channels("teacher", "feat"), kernel_size=1)
 
     def terms(self, student, teacher, batch, step):
-        s = self.adapter(resize_to(student["feat"], teacher["feat"]))
+        # The 1×1 adapter before the resize: both are linear and bilinear weights sum to 1 (so the
+        # bias passes through), hence they commute; the conv then runs at the student's smaller size.
+        s = resize_to(self.adapter(student["feat"]), teacher["feat"])
         return {"mimic": KF.mimic_kd(s.float(), teacher["feat"].float())}

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdlab.distributed import all_reduce_grads
 from kdlab.losses import functional as KF
 from kdlab.losses.base import DistillMethod, MethodContext, register, resize_to
 
@@ -84,6 +85,7 @@ class HolisticKD(DistillMethod):
                                                                             image)
             self.d_optimizer.zero_grad(set_to_none=True)
             d_loss.backward()
+            all_reduce_grads(self.discriminator.parameters())  # DDP: one discriminator on every rank
             self.d_optimizer.step()
         return d_loss.detach()
 
