@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from kdlab.checkpoint import save_checkpoint
 from kdlab.config import load_config
 from kdlab.distill import distill_objective, load_recipe, recipe_dir
 from kdlab.engine import NonFiniteLoss, build_data, train
@@ -90,7 +91,7 @@ def test_bad_recipes_fail_before_training(recipe_text, message, tiny_overrides, 
 def test_teacher_from_another_dataset_is_refused(tiny_overrides, tiny_teacher, tmp_path):
     state = torch.load(Path(tiny_teacher) / "checkpoints" / "last.pt", weights_only=True)
     state["dataset"]["class_names"] = [f"c{i}" for i in range(9)]
-    torch.save(state, tmp_path / "other.pt")
+    save_checkpoint(tmp_path / "other.pt", state)  # a consistent checkpoint of another dataset
     cfg = load_config(["configs/student.yaml"], tiny_overrides + [f"distill.teacher={tmp_path / 'other.pt'}",
                                                                  "distill.recipe=kd"])
     with pytest.raises(CheckpointError, match="other class names"):
