@@ -30,7 +30,7 @@ lab: setup
 		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 bench: setup
-	$(PY) -m kdlab.cli bench -c configs/student.yaml
+	$(PY) -m kdlab.cli bench -c configs/student.yaml --json runs/bench.json
 
 clean-runs:
 	rm -rf runs
