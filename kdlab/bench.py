@@ -38,6 +38,7 @@ import torch
 
 from kdlab.config import RunConfig
 from kdlab.data.synthetic import NUM_CLASSES
+from kdlab.data.transforms import as_pair
 from kdlab.distill import DistillObjective, TeacherPass, load_recipe, recipe_dir
 from kdlab.engine import SupervisedObjective, build_optimizer, train_one_step
 from kdlab.models.zoo import ModelSpec, build_model
@@ -237,7 +238,7 @@ def default_sizes(cfg: RunConfig) -> list[tuple[int, int]]:
     device = resolve_device(cfg.train.device)
     if device.type == "cuda":
         return [tuple(s) for s in CUDA_SIZES]
-    return [(cfg.data.crop_size, cfg.data.crop_size)]
+    return [as_pair(cfg.data.crop_size)]
 
 
 def markdown_table(records: list[dict], header: str) -> str:

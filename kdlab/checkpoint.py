@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -62,7 +63,10 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     for leftover in (p for name in (path.name, PREVIOUS_NAME) for p in path.parent.glob(f".{name}.*.tmp")):
         leftover.unlink()
     with atomic_path(path) as tmp:
-        torch.save({**state, HASH_KEY: content_hash(state)}, tmp)
+        # Through a file we close ourselves: a save that failed (disk full) would otherwise leave torch's
+        # writer, kept alive by the traceback, holding the removed temporary file and its space.
+        with open(tmp, "wb") as file:
+            torch.save({**state, HASH_KEY: content_hash(state)}, file)
         if path.exists():
             with atomic_path(path.with_name(PREVIOUS_NAME)) as previous:
                 previous.unlink()
@@ -76,6 +80,9 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
         path = path / "checkpoints" / CHECKPOINT_NAME
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        hint = " (a YAML file: a config, not a trained model)" if path.suffix in (".yaml", ".yml") else ""
+        raise CheckpointError(f"{path}: not a checkpoint{hint}; give a .pt file kdlab wrote or a run directory")
     return path
 
 

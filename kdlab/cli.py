@@ -95,10 +95,19 @@ def cmd_distill(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    """Scores as JSON (``--out``) and as mmseg's per-class table in percent, printed and written next
+    to the JSON (``scores.json`` → ``scores.md``)."""
     from kdlab.engine import evaluate_checkpoint
+    from kdlab.runtime import atomic_write_text
+    from kdlab.tables import scores_table
 
     cfg = _config(args)
-    scores = evaluate_checkpoint(_typed_path(args.checkpoint), cfg, out=args.out and _typed_path(args.out))
+    out = args.out and Path(_typed_path(args.out))
+    scores = evaluate_checkpoint(_typed_path(args.checkpoint), cfg, out=out)
+    table = scores_table(scores, scores.get("class_names"))
+    if out:
+        atomic_write_text(out.with_suffix(".md"), table)
+    print(table)
     print(json.dumps({k: v for k, v in scores.items() if isinstance(v, (int, float))}, indent=1))
 
 
@@ -151,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on the validation split")
     p.add_argument("checkpoint", help="checkpoint file or run directory")
-    p.add_argument("--out", help="write the full scores as JSON here")
+    p.add_argument("--out", help="write the full scores as JSON here, and mmseg's table in percent next to it (.md)")
     _common(p)
     p.set_defaults(func=cmd_eval)
 
@@ -184,6 +193,15 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except KdlabError as err:
         print(f"kdlab: error: {err}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError) as err:
+        # A full disk or a read-only directory met outside an atomic write (a log line, the run lock).
+        from kdlab.runtime import storage_error
+
+        translated = storage_error(err, getattr(err, "filename", None))
+        if translated is None:
+            raise
+        print(f"kdlab: error: {translated}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kdlab: interrupted (the last checkpoint is intact; continue with --resume)", file=sys.stderr)

@@ -29,10 +29,13 @@ class DataConfig:
     image_size: int = 128  # embedded benchmark: side of the square images
     num_train: int = 2000  # embedded benchmark: training images
     num_val: int = 200  # embedded benchmark: validation images
-    crop_size: int = 128  # training crop side (pixels)
-    scale_min: float = 0.5  # random scale range for training augmentation
+    crop_size: int | list[int] = 128  # training crop: a side, or [height, width] (pixels; papers crop [512, 1024] on Cityscapes)
+    scale_min: float = 0.5  # random scale range for training augmentation (with base_size: mmseg's ratio_range)
     scale_max: float = 2.0
-    num_workers: int = 0  # DataLoader worker processes (0 = load in the main process)
+    base_size: list[int] | None = None  # mmseg's RandomResize scale as [long side, short side], e.g. [2048, 1024]: the image is resized (ratio kept) to fit base_size x a ratio in [scale_min, scale_max]; None = the ratio scales the image itself
+    cat_max_ratio: float = 1.0  # mmseg's RandomCrop: redraw a crop (up to 10 times) while one class covers this fraction or more of its valid pixels; 1.0 = off
+    photometric: bool = False  # mmseg's PhotoMetricDistortion (brightness, contrast, saturation, hue, each with p = 0.5)
+    num_workers: int | None = None  # DataLoader worker processes (0 = load in the main process); None = 0 for the embedded benchmark, min(4, CPUs per process) for other datasets
 
 
 @dataclass
@@ -58,10 +61,14 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     mode: str = "whole"  # "whole" image or "slide" (sliding window, for images larger than the crop)
-    window: int = 128  # sliding-window side
-    stride: int = 96  # sliding-window step
+    window: int | list[int] = 128  # sliding-window side, or [height, width] (Cityscapes papers: [512, 1024])
+    stride: int | list[int] = 96  # sliding-window step, or [height, width] (Cityscapes papers: [341, 682]); at most the window
+    resize: list[int] | None = None  # keep-ratio test resize to fit [long side, short side] (Cityscapes [2048, 1024], ADE20K [2048, 512]); predictions are resized back to the label's size; None = the image's own size
+    scales: list[float] = field(default_factory=lambda: [1.0])  # test-time scales (of the resize size, or of the image); several: softmax scores averaged (mmseg's TTA)
+    flip: bool = False  # also predict the horizontally flipped image and average (mmseg's TTA)
     batch_size: int = 16  # images per evaluation batch
-    band_widths: list[int] = field(default_factory=lambda: [1, 3, 5, 7, 10, 15, 20])  # trimap band widths (px)
+    band_widths: list[int] = field(default_factory=lambda: [1, 2, 3, 5, 7, 10, 15, 20])  # trimap band widths (px); 1-3 are the narrow bands the summary tables report beside the default 7
+    relative_band_widths: list[float] = field(default_factory=list)  # trimap bands as fractions of the image height, round(f x H) px (at least 1), e.g. 0.0068 = the papers' 7 px at 1024 px; scored as trimap_relative_curve
     max_images: int | None = None  # evaluate only the first N validation images (None = all)
 
 
@@ -161,14 +168,27 @@ def _at_least(low):
     return lambda value: value >= low
 
 
+def _side_or_pair(value) -> bool:
+    """A positive side, or a [height, width] pair of positive sides."""
+    if isinstance(value, list):
+        return len(value) == 2 and min(value) > 0
+    return value > 0
+
+
+def _long_short(value) -> bool:
+    return len(value) == 2 and min(value) > 0
+
+
 # key → (check, what it must be): every value is checked before any work starts.
 VALUE_RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.image_size": (_at_least(16), "at least 16 (pixels)"),
     "data.num_train": (_positive, "a positive number of images"),
     "data.num_val": (_positive, "a positive number of images"),
-    "data.crop_size": (_positive, "a positive side in pixels"),
+    "data.crop_size": (_side_or_pair, "a positive side in pixels or a [height, width] pair of them"),
     "data.scale_min": (_positive, "positive"),
-    "data.num_workers": (_at_least(0), "0 or more"),
+    "data.base_size": (_long_short, "a [long side, short side] pair of positive pixel counts, or null"),
+    "data.cat_max_ratio": (lambda v: 0 < v <= 1, "in (0, 1] (1.0 = off)"),
+    "data.num_workers": (_at_least(0), "0 or more, or null (automatic)"),
     "train.iterations": (_positive, "a positive number of steps"),
     "train.batch_size": (_positive, "a positive number of images"),
     "train.lr": (_positive, "positive"),
@@ -182,10 +202,13 @@ VALUE_RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.checkpoint_interval": (_positive, "a positive number of steps"),
     "train.threads": (_positive, "a positive number of threads, or null"),
     "eval.mode": (lambda v: v in ("whole", "slide"), "'whole' or 'slide'"),
-    "eval.window": (_positive, "a positive side in pixels"),
-    "eval.stride": (_positive, "a positive step in pixels"),
+    "eval.window": (_side_or_pair, "a positive side in pixels or a [height, width] pair of them"),
+    "eval.stride": (_side_or_pair, "a positive step in pixels or a [height, width] pair of them"),
+    "eval.resize": (_long_short, "a [long side, short side] pair of positive pixel counts, or null"),
+    "eval.scales": (lambda v: len(v) > 0 and min(v) > 0, "a non-empty list of positive scales"),
     "eval.batch_size": (_positive, "a positive number of images"),
     "eval.band_widths": (lambda v: len(v) > 0 and min(v) >= 1, "a non-empty list of widths of 1 px or more"),
+    "eval.relative_band_widths": (lambda v: all(0 < f < 1 for f in v), "a list of fractions in (0, 1) of the image height"),
     "eval.max_images": (_positive, "a positive number of images, or null for all"),
     "distill.warmup_iters": (_at_least(0), "0 or more steps"),
 }
@@ -201,6 +224,10 @@ def check_values(cfg: RunConfig) -> RunConfig:
     if cfg.data.scale_max < cfg.data.scale_min:
         raise ConfigError(f"data.scale_max: must be at least data.scale_min ({cfg.data.scale_min}), "
                           f"got {cfg.data.scale_max!r}")
+    window, stride = (v if isinstance(v, list) else [v, v] for v in (cfg.eval.window, cfg.eval.stride))
+    if stride[0] > window[0] or stride[1] > window[1]:  # a gap between windows would leave pixels unpredicted
+        raise ConfigError(f"eval.stride: must be at most eval.window ({cfg.eval.window!r}) on each side, "
+                          f"got {cfg.eval.stride!r}")
     return cfg
 
 

@@ -14,24 +14,36 @@ A recipe file::
 The total loss is ``ce + ramp(t) · kd`` with ``kd = Σ_entries weight · schedule(t) · Σ_terms term_weight · term``:
 ramp is the optional linear warm-up of ``distill.warmup_iters``, schedule a method's own (BCD's r(t)).
 Terms are logged unweighted, so their magnitudes can be compared across runs.
+
+A method may fit some of its parts before distillation (BCD's teacher side): it defines
+``needs_prepare() -> bool`` and ``prepare(teacher, batches)``, where ``teacher`` is the frozen teacher
+`SegModel` and ``batches(n)`` returns the first ``n`` batches of the run's training stream (CPU
+tensors). `DistillObjective` calls it once, at the first training-mode forward while
+``needs_prepare()`` is true (so not again on resume: the method's fitted state is in its
+``state_dict``), with autocast off, and restores the global RNG afterwards, so that it draws nothing
+from the run's stream (a run alone and in a cohort stay bit-identical); under DDP every rank then
+takes rank 0's result.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
 from kdlab.checkpoint import check_dataset_match, load_checkpoint, model_from_state, resolve_checkpoint_path
 from kdlab.config import RunConfig, named_yaml, read_yaml
-from kdlab.engine import segmentation_ce
+from kdlab import distributed as ddp
+from kdlab.engine import IterationBatches, build_data, segmentation_ce
 from kdlab.errors import ConfigError
 from kdlab.losses import REGISTRY, MethodContext, Step, build_method
 from kdlab.losses.base import check_options, is_number
 from kdlab.models.zoo import SegModel
 from kdlab.paths import project_root
+from kdlab.runtime import restore_rng_state, rng_state
 
 _ENTRY_KEYS = {"method", "name", "weight", "term_weights", "taps", "options"}
 
@@ -117,8 +129,10 @@ class DistillObjective(nn.Module):
     """Cross-entropy plus the weighted terms of every recipe entry, against a frozen teacher."""
 
     def __init__(self, teacher: TeacherPass, student: SegModel, entries: list[RecipeEntry], num_classes: int,
-                 total_iterations: int, warmup_iters: int = 0):
+                 total_iterations: int, warmup_iters: int = 0,
+                 training_batches: Callable[[int], list[dict]] | None = None):
         super().__init__()
+        self.training_batches = training_batches  # for `prepare` (module docstring); None: the current batch
         self.teacher_pass = teacher
         self.teacher = teacher.model  # a submodule, so that it follows .to(device) and eval()
         ctx = MethodContext(student.tap_channels, self.teacher.tap_channels, student.stage_names,
@@ -148,7 +162,24 @@ class DistillObjective(nn.Module):
     def ramp(self, iteration: int) -> float:
         return min(1.0, iteration / self.warmup_iters) if self.warmup_iters else 1.0
 
+    def prepare_methods(self, batch: dict) -> None:
+        """Run the pending methods' `prepare` once (module docstring)."""
+        pending = [m for m in self.methods.values() if getattr(m, "needs_prepare", lambda: False)()]
+        if not pending:
+            return
+        source = self.training_batches or (lambda n: [batch])
+        state = rng_state()
+        try:
+            with torch.autocast(batch["image"].device.type, enabled=False):
+                for method in pending:
+                    method.prepare(self.teacher, source)
+        finally:
+            restore_rng_state(state)
+        ddp.broadcast_state(*pending)
+
     def forward(self, student: dict, batch: dict, iteration: int) -> dict[str, torch.Tensor]:
+        if self.training:
+            self.prepare_methods(batch)
         teacher = self.teacher_pass(batch["image"], iteration)
         ce = segmentation_ce(student, batch)
         step = Step(iteration, self.total_iterations)
@@ -190,6 +221,18 @@ def teacher_pass(cfg: RunConfig, meta: dict, device: torch.device) -> TeacherPas
     return TeacherPass(load_teacher(cfg, meta, device))
 
 
+def training_batches(cfg: RunConfig) -> Callable[[int], list[dict]]:
+    """``batches(n)``: the first ``n`` (global) batches of `cfg`'s training stream, augmented as in
+    training (each sample's augmentation has its own seed, so nothing is drawn from the global RNG)."""
+
+    def batches(n: int) -> list[dict]:
+        train_set, _, _ = build_data(cfg)
+        sampler = IterationBatches(len(train_set), cfg.train.batch_size, cfg.train.seed, 0, n)
+        return [torch.utils.data.default_collate([train_set[key] for key in sampler.batch(it)]) for it in range(n)]
+
+    return batches
+
+
 def distill_objective(cfg: RunConfig, student: SegModel, meta: dict, device: torch.device,
                       teacher: TeacherPass | None = None) -> DistillObjective:
     """The objective factory `kdlab.engine.train_cohort` calls for a distillation run (`teacher`: the
@@ -197,7 +240,7 @@ def distill_objective(cfg: RunConfig, student: SegModel, meta: dict, device: tor
     entries = check_distill_config(cfg)
     teacher = teacher or teacher_pass(cfg, meta, device)
     objective = DistillObjective(teacher, student, entries, meta["num_classes"], cfg.train.iterations,
-                                 cfg.distill.warmup_iters)
+                                 cfg.distill.warmup_iters, training_batches(cfg))
     objective.run_files = {"recipe.yaml": recipe_path(cfg.distill.recipe).read_text()}
     return objective
 

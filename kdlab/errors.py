@@ -15,3 +15,8 @@ class ConfigError(KdlabError, ValueError):
 
 class CheckpointError(KdlabError, ValueError):
     """A checkpoint is unreadable or does not match the model or dataset."""
+
+
+class StorageError(KdlabError):
+    """A file could not be written: the disk is full, or the directory is read-only or not ours.
+    Atomic writes (`kdlab.runtime.atomic_path`) leave the file they were replacing as it was."""

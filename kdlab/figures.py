@@ -32,6 +32,7 @@ DEPENDENCIES: dict[str, list[str]] = {
     "06_boundaries": ["01_train"],
     "07_ablations": [],
     "08_explorer": ["01_train"],
+    "09_claims": ["01_train", "07_ablations"],
     "10_bench": [],
 }
 # Extra parameters for headless runs. Widget cells can leave papermill waiting forever after the

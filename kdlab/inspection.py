@@ -238,10 +238,13 @@ def loss_terms(run_dir: str | Path) -> dict[str, np.ndarray]:
 
 
 def loss_terms_by_label(runs: Mapping[tuple[str, int], Path]) -> dict[str, list[dict[str, np.ndarray]]]:
-    """label → the `loss_terms` of each of its seeds."""
+    """label → the `loss_terms` of each of its seeds; a run that logged no iteration (diverged at its
+    first step) is left out, and so is a label none of whose seeds logged one."""
     by_label: dict[str, list[dict]] = {}
     for (label, _seed), run in runs.items():
-        by_label.setdefault(label, []).append(loss_terms(run))
+        log = RunDir(Path(run)).log
+        if log.exists() and log.read_text().strip():
+            by_label.setdefault(label, []).append(loss_terms(run))
     return by_label
 
 

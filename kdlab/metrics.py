@@ -14,7 +14,7 @@ import torch
 
 from kdlab.morphology import dilate
 
-DEFAULT_WIDTHS = (1, 3, 5, 7, 10, 15, 20)
+DEFAULT_WIDTHS = (1, 2, 3, 5, 7, 10, 15, 20)
 DEFAULT_BAND_WIDTH = 7
 
 
@@ -132,6 +132,14 @@ def _dilate(mask: torch.Tensor, width: int) -> torch.Tensor:
     return dilate(mask.bool(), 2 * width - 1)
 
 
+def relative_width(fraction: float, height: int) -> int:
+    """The band width in pixels of ``fraction`` of an image ``height`` px tall: round(f × H), at least 1
+    (the papers' 7 px at 1024 px is f = 7/1024: 1 px at 128 px)."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ValueError(f"fraction must be a number in (0, 1), got {fraction!r}")
+    return max(1, round(fraction * height))
+
+
 def trimap_band(label: torch.Tensor, width: int, ignore_index: int = 255) -> torch.Tensor:
     """Bool N×H×W trimap band of ``width``: boundary pixels dilated by a (2w−1) square, minus ignore."""
     _check_label_map(label, "label")
@@ -160,7 +168,9 @@ class SegmentationMeter:
 
     ``update`` counts one batch: the whole image, the band of every width in ``widths``
     (the label boundary is found once and dilated per width) and the body, i.e. the
-    valid pixels outside the band of ``band_width``. ``compute`` turns the sums into scores.
+    valid pixels outside the band of ``band_width``. ``relative_widths`` are bands given as
+    fractions of the label height, `relative_width` px in each batch (batches hold one image
+    size), scored as ``trimap_relative_curve`` (fraction → mIoU). ``compute`` turns the sums into scores.
     """
 
     def __init__(
@@ -170,9 +180,12 @@ class SegmentationMeter:
         band_width: int = DEFAULT_BAND_WIDTH,
         ignore_index: int = 255,
         class_names: Sequence[str] | None = None,
+        relative_widths: Sequence[float] = (),
     ):
         for width in (*widths, band_width):
             _check_width(width)
+        for fraction in relative_widths:
+            relative_width(fraction, 1)  # checks it
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names for {num_classes} classes")
         self.num_classes = num_classes
@@ -180,6 +193,7 @@ class SegmentationMeter:
         self.band_width = band_width
         self.ignore_index = ignore_index
         self.class_names = class_names
+        self.relative_widths = tuple(sorted(set(relative_widths)))
         self.reset()
 
     def reset(self) -> None:
@@ -188,6 +202,7 @@ class SegmentationMeter:
         self.whole = torch.zeros(classes, classes, dtype=torch.int64)
         self.bands = torch.zeros(len(self.widths), classes, classes, dtype=torch.int64)
         self.body = torch.zeros(classes, classes, dtype=torch.int64)
+        self.relative_bands = torch.zeros(len(self.relative_widths), classes, classes, dtype=torch.int64)
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, label: torch.Tensor) -> None:
@@ -195,6 +210,7 @@ class SegmentationMeter:
         valid = _valid_pixels(pred, label, self.num_classes, self.ignore_index)
         device = label.device
         self.whole, self.bands, self.body = self.whole.to(device), self.bands.to(device), self.body.to(device)
+        self.relative_bands = self.relative_bands.to(device)
         boundary = _boundary_pixels(label, self.ignore_index)
         self.whole += _count_pairs(pred, label, self.num_classes, valid)
         for index, width in enumerate(self.widths):
@@ -202,11 +218,14 @@ class SegmentationMeter:
             self.bands[index] += _count_pairs(pred, label, self.num_classes, band)
             if width == self.band_width:
                 self.body += _count_pairs(pred, label, self.num_classes, valid & ~band)
+        for index, fraction in enumerate(self.relative_widths):
+            band = _dilate(boundary, relative_width(fraction, label.shape[-2])) & valid
+            self.relative_bands[index] += _count_pairs(pred, label, self.num_classes, band)
 
     def merge(self, reduce, device: torch.device | None = None) -> None:
         """Sums the counts of every process: ``reduce`` sums a tensor in place over the processes
         (e.g. ``torch.distributed.all_reduce``); the counts move to ``device`` first (NCCL: the GPU)."""
-        for name in ("whole", "bands", "body"):
+        for name in ("whole", "bands", "body", "relative_bands"):
             counts = getattr(self, name).to(device or getattr(self, name).device)
             reduce(counts)
             setattr(self, name, counts)
@@ -223,4 +242,6 @@ class SegmentationMeter:
             "trimap_IoU": band["IoU"],
             "body_mIoU": scores_from_confusion(self.body)["mIoU"],
             "trimap_curve": {width: scores["mIoU"] for width, scores in band_scores.items()},
+            "trimap_relative_curve": {fraction: scores_from_confusion(cm)["mIoU"]
+                                      for fraction, cm in zip(self.relative_widths, self.relative_bands)},
         }

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from tqdm import tqdm
 
+from kdlab import stats
 from kdlab.checkpoint import checkpoint_iteration
 from kdlab.config import (RunConfig, config_from_dict, config_to_dict, dump_config, flatten, load_config,
                           named_yaml, read_yaml)
@@ -333,7 +334,7 @@ def ablation_recipes(profile: Profile, group: str) -> dict[str, str]:
     (the value the base recipe already has is the base recipe itself, trained once)."""
     spec = profile.ablations[group]
     if isinstance(spec, list):
-        return {name: name for name in spec}
+        return {Path(name).stem: name for name in spec}  # a recipe file is labelled by its stem
     if not isinstance(spec, dict) or set(spec) != {"base", "vary"} or len(spec["vary"]) != 1:
         raise ConfigError(f"profile {profile.name!r}: ablations.{group} must be a list of recipes or "
                           f"{{base: recipe, vary: {{key: [values]}}}}")
@@ -373,25 +374,76 @@ def read_results(run_dir: str | Path) -> dict:
 
 
 SUMMARY_METRICS = ("mIoU", "mAcc", "trimap_mIoU", "edge_pixel_accuracy", "body_mIoU")
+NARROW_BAND_WIDTHS = (1, 2, 3)  # trimap widths (px at 128 px) reported beside the default band: summary column trimap_mIoU@<w>
+OK, COLLAPSED = "ok", "collapsed"
+
+
+def run_status(run_dir: str | Path) -> str:
+    """'diverged' (a diverged.json, or a NaN final mIoU), 'collapsed' (final mIoU below the first
+    evaluation's, the first record of an eval.jsonl that holds more than the final one) or 'ok'.
+    Diverged and collapsed runs are counted, never averaged in (`summary_rows`, `kdlab.claims`)."""
+    results = read_results(run_dir)
+    final = results.get("mIoU")
+    if "error" in results or final is None or not math.isfinite(final):
+        return stats.DIVERGED
+    log = Path(run_dir) / "eval.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    first = records[0].get("mIoU") if len(records) > 1 else None
+    return COLLAPSED if first is not None and math.isfinite(first) and final < first else OK
+
+
+def result_value(results: dict, metric: str) -> float:
+    """One score of a results dict: a top-level metric, ``trimap_mIoU@<w>`` (its trimap curve at w
+    px) or ``trimap_relative@<fraction>`` (a band of ``eval.relative_band_widths``); NaN where the run
+    did not measure it."""
+    if metric.startswith("trimap_mIoU@"):
+        value = (results.get("trimap_curve") or {}).get(metric.split("@", 1)[1])
+    elif metric.startswith("trimap_relative@"):  # a band of eval.relative_band_widths, by its fraction
+        value = (results.get("trimap_relative_curve") or {}).get(metric.split("@", 1)[1])
+    else:
+        value = results.get(metric)
+    return float(value) if stats.is_finite(value) else math.nan
+
+
+def _seed_scores(runs: dict[tuple[str, int], Path]) -> dict[str, dict[int, tuple[str, dict]]]:
+    """label → seed → (run status, results)."""
+    out: dict[str, dict[int, tuple[str, dict]]] = {}
+    for (label, seed), run in runs.items():
+        out.setdefault(label, {})[seed] = (run_status(run), read_results(run))
+    return out
 
 
 def summary_rows(runs: dict[tuple[str, int], Path], teacher: Path | None = None) -> list[dict]:
-    """One row per label: mean and std over seeds of each summary metric, and Δ mIoU vs the baseline."""
-    by_label: dict[str, list[dict]] = {}
+    """One row per label: mean and std over its clean seeds of each summary metric (and of the
+    narrow-band trimap mIoU, ``trimap_mIoU@<w>``), the runs that diverged or collapsed (counted, not
+    averaged in), and Δ mIoU vs the baseline as the mean of paired differences (seed s minus
+    baseline seed s, clean pairs only) with its 95 % Student-t interval (`kdlab.stats`). The
+    teacher (one run, no seed to pair) gets the difference of means and no interval."""
+    by_label = _seed_scores(runs)
     if teacher is not None:
-        by_label["teacher"] = [read_results(teacher)]
-    for (label, _seed), run in runs.items():
-        by_label.setdefault(label, []).append(read_results(run))
+        by_label = {"teacher": {0: (run_status(teacher), read_results(teacher))}, **by_label}
+    metrics = (*SUMMARY_METRICS, *(f"trimap_mIoU@{w}" for w in NARROW_BAND_WIDTHS))
+    base = {seed: result_value(r, "mIoU") if status == OK else None
+            for seed, (status, r) in by_label.get("baseline", {}).items()}
     rows = []
-    for label, results in by_label.items():
-        row = {"method": label, "seeds": len(results),
-               "diverged": sum("error" in r for r in results)}
-        for metric in SUMMARY_METRICS:
-            values = [r[metric] for r in results if r.get(metric) is not None and "error" not in r]
+    for label, seeds in by_label.items():
+        clean = [r for status, r in seeds.values() if status == OK]
+        row = {"method": label, "seeds": len(seeds),
+               "diverged": sum(status == stats.DIVERGED for status, _r in seeds.values()),
+               "collapsed": sum(status == COLLAPSED for status, _r in seeds.values())}
+        for metric in metrics:
+            values = [v for v in (result_value(r, metric) for r in clean) if math.isfinite(v)]
             row[metric] = statistics.fmean(values) if values else float("nan")
-            row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else float("nan")
+            if metric in SUMMARY_METRICS:  # the narrow bands: means only, to keep the table readable
+                row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else float("nan")
+        if label == "teacher":
+            clean_base = [v for v in base.values() if v is not None]
+            row.update(delta_mIoU=row["mIoU"] - (statistics.fmean(clean_base) if clean_base else math.nan),
+                       delta_ci95_low=math.nan, delta_ci95_high=math.nan, pairs=0)
+        else:
+            mine = {seed: result_value(r, "mIoU") if status == OK else None for seed, (status, r) in seeds.items()}
+            delta = stats.paired_delta(mine, base)
+            row.update(delta_mIoU=delta.mean, delta_ci95_low=delta.ci.low, delta_ci95_high=delta.ci.high,
+                       pairs=delta.ci.n)
         rows.append(row)
-    baseline = next((r["mIoU"] for r in rows if r["method"] == "baseline"), float("nan"))
-    for row in rows:
-        row["delta_mIoU"] = row["mIoU"] - baseline
     return rows

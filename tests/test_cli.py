@@ -1,5 +1,6 @@
 """The `kdlab` command line: one-line errors naming the culprit, exit status 2, nothing half-written."""
 
+import json
 import subprocess
 import sys
 
@@ -97,3 +98,13 @@ def test_a_run_that_failed_before_its_first_checkpoint_starts_over(tiny_override
     assert main(["train", "--resume", str(cfg.run_dir)]) == 0
     assert (cfg.run_dir / "results.json").exists()
     assert "9.0" not in (cfg.run_dir / "log.jsonl").read_text()
+
+
+def test_a_log_line_torn_by_a_kill_is_dropped_on_resume(capsys, tiny_overrides, tmp_path):
+    assert main(["train", "-c", "configs/student.yaml", *tiny_overrides, "name=torn", "--until", "2"]) == 0
+    run = tmp_path / "runs" / "torn"
+    with open(run / "log.jsonl", "a") as log:
+        log.write('{"iteration": 3, "lo')  # what a kill or a full disk mid-append leaves
+    assert main(["train", "--resume", str(run)]) == 0
+    iterations = [json.loads(line)["iteration"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert iterations == [1, 2, 3, 4]

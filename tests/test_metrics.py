@@ -265,7 +265,7 @@ def test_meter_two_batches_equal_one_concatenated_call(dtype):
     joined = SegmentationMeter(num_classes=4)
     joined.update(torch.cat([first[0], second[0]]), torch.cat([first[1], second[1]]))
     assert_scores_equal(split.compute(), joined.compute())
-    assert list(split.compute()["trimap_curve"]) == [1, 3, 5, 7, 10, 15, 20]
+    assert list(split.compute()["trimap_curve"]) == [1, 2, 3, 5, 7, 10, 15, 20]
 
 
 def test_meter_reset_forgets_counts():

@@ -28,6 +28,7 @@ EXPECTED_TABLES = {
     "05_per_class": ["per_class_trimap_iou", "per_class_iou_gain"],
     "07_ablations": ["ablation_bpkd_table4", "ablation_bpkd_table3", "ablation_bcd_table1", "ablation_skd_table1",
                      "ablation_ppd_table3"],
+    "09_claims": ["claims"],
 }
 
 

@@ -4,7 +4,9 @@
 thin `DistillMethod` around them holding the method's trainable parts.
 """
 
-from kdlab.losses import at, bcd, bpkd, cwd, kd, local_pairwise, mimic, ppd, skd, skd_holistic, skd_pairwise  # noqa: F401  (registration)
+from kdlab.losses import (  # noqa: F401  (registration)
+    at, bcd, bpkd, cirkd, cwd, ifvd, kd, local_pairwise, mimic, ppd, skd, skd_holistic, skd_pairwise,
+)
 from kdlab.losses.base import REGISTRY, DistillMethod, MethodContext, Step, build_method, register
 
 __all__ = ["REGISTRY", "DistillMethod", "MethodContext", "Step", "build_method", "register"]

@@ -14,6 +14,9 @@ class BoundaryPrivilegedKD(DistillMethod):
     The edge masks come from the ground truth at input resolution, average-pooled to the teacher's
     logit size. Ablation switches (BPKD Table 4): `prm`, `pom` for the edge term, `edge` / `body`
     to drop a term. Table 3 variants: `edge_form` and `body_form` in {"pixel", "channel"}.
+    `pom_reduction`: "sum" over the edge classes (Eq. 3 as written, the default) or "mean" over the
+    classes with edge pixels (the supplement's "average reduction": POM-on on POM-off's per-pixel
+    scale, so the ablation recipes compare variants at matched magnitudes).
     """
 
     name = "bpkd"
@@ -22,15 +25,17 @@ class BoundaryPrivilegedKD(DistillMethod):
 
     def __init__(self, ctx: MethodContext, taps=None, edge_width: int = 7, alpha: float | list[float] = 2.0,
                  temperature: float = 1.0, prm: bool = True, pom: bool = True, edge: bool = True,
-                 body: bool = True, edge_form: str = "pixel", body_form: str = "channel"):
+                 body: bool = True, edge_form: str = "pixel", body_form: str = "channel", pom_reduction: str = "sum"):
         super().__init__(ctx, taps)
         if not (edge or body):
             raise ConfigError("method 'bpkd': at least one of the options edge / body must be true")
         if isinstance(alpha, list) and len(alpha) != ctx.num_classes:
             raise ConfigError(f"method 'bpkd': alpha has {len(alpha)} entries for {ctx.num_classes} classes")
+        if pom_reduction not in ("sum", "mean"):
+            raise ConfigError(f"method 'bpkd': pom_reduction must be 'sum' or 'mean', got {pom_reduction!r}")
         self.edge_width, self.alpha, self.temperature = edge_width, alpha, temperature
         self.prm, self.pom, self.use_edge, self.use_body = prm, pom, edge, body
-        self.edge_form, self.body_form = edge_form, body_form
+        self.edge_form, self.body_form, self.pom_reduction = edge_form, body_form, pom_reduction
 
     def terms(self, student, teacher, batch, step):
         t = teacher["logits"].float()
@@ -39,7 +44,8 @@ class BoundaryPrivilegedKD(DistillMethod):
         out = {}
         if self.use_edge:
             alpha = t.new_tensor(self.alpha) if isinstance(self.alpha, list) else self.alpha
-            out["edge"] = KF.bpkd_edge_loss(s, t, masks, alpha, self.prm, self.pom, form=self.edge_form)
+            out["edge"] = KF.bpkd_edge_loss(s, t, masks, alpha, self.prm, self.pom, form=self.edge_form,
+                                            pom_reduction=self.pom_reduction)
         if self.use_body:
             out["body"] = KF.bpkd_body_loss(s, t, masks, self.temperature, form=self.body_form)
         return out

@@ -69,6 +69,12 @@ def _shape_of(x) -> object:
 def _check_4d(x: torch.Tensor, name: str) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"{name} must be a 4-D N×C×h×w tensor, got {_shape_of(x)}")
+    _check_float(x, name)
+
+
+def _check_float(x: torch.Tensor, name: str) -> None:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
 
 
 def _student_and_constant_teacher(
@@ -232,29 +238,41 @@ def pixel_kd(
     return torch.where(valid_mask, kl, 0.0).sum() / valid_mask.sum().clamp(min=1)
 
 
+def pool_kernel_pair(pool_kernel) -> tuple[int, int]:
+    """``(kh, kw)`` from a pooling kernel given as a positive side or a ``(kh, kw)`` pair (list or
+    tuple) of positive integers; anything else is a ValueError naming the value."""
+    pair = (pool_kernel, pool_kernel) if not isinstance(pool_kernel, (list, tuple)) else tuple(pool_kernel)
+    if len(pair) != 2 or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in pair):
+        raise ValueError(f"pool_kernel must be a positive integer, a (kh, kw) pair of them, or None, "
+                         f"got {pool_kernel!r}")
+    return pair
+
+
 def pairwise_similarity_kd(
     student_feat: torch.Tensor,
     teacher_feat: torch.Tensor,
-    pool_kernel: int | None = None,
+    pool_kernel: int | Sequence[int] | None = None,
     max_block_elems: int | None = None,
 ) -> torch.Tensor:
     """Pair-wise similarity distillation, SKD Eq. 2: ``(1/(hw)²) Σ_ij (a^s_ij − a^t_ij)²``, batch mean.
 
     ``a_ij`` is the cosine similarity of the feature vectors at positions ``i`` and ``j``
     (gradients flow through the norms). With ``pool_kernel`` both maps are first max-pooled
-    with kernel = stride = ``pool_kernel`` in ceil mode (partial windows at the right and bottom
-    edges are kept). The similarity matrices are built in row blocks of at most
-    ``max_block_elems`` elements for the whole batch (default ``DEFAULT_MAX_BLOCK_ELEMS``);
+    with kernel = stride = ``pool_kernel`` (a side, or a ``(kh, kw)`` pair for non-square maps) in
+    ceil mode (partial windows at the right and bottom edges are kept). The similarity matrices
+    are built in row blocks of at most ``max_block_elems`` elements for the whole batch (default ``DEFAULT_MAX_BLOCK_ELEMS``);
     the value and the gradient do not depend on the block size. Channel counts may differ.
     """
     student_feat, teacher_feat = _student_and_constant_teacher(
         student_feat, teacher_feat, ("student_feat", "teacher_feat"), same_channels=False
     )
     if pool_kernel is not None:
-        if isinstance(pool_kernel, bool) or not isinstance(pool_kernel, int) or pool_kernel < 1:
-            raise ValueError(f"pool_kernel must be a positive integer or None, got {pool_kernel!r}")
-        student_feat = F.max_pool2d(student_feat, kernel_size=pool_kernel, stride=pool_kernel, ceil_mode=True)
-        teacher_feat = block_max(teacher_feat, pool_kernel)  # the same values, faster; no gradient needed
+        kh, kw = pool_kernel_pair(pool_kernel)
+        student_feat = F.max_pool2d(student_feat, kernel_size=(kh, kw), stride=(kh, kw), ceil_mode=True)
+        if kh == kw:
+            teacher_feat = block_max(teacher_feat, kh)  # the same values, faster; no gradient needed
+        else:
+            teacher_feat = F.max_pool2d(teacher_feat, kernel_size=(kh, kw), stride=(kh, kw), ceil_mode=True)
     return _similarity_distance(student_feat, teacher_feat, max_block_elems)
 
 
@@ -377,6 +395,7 @@ def _check_edge_masks(edge_masks: torch.Tensor, logits: torch.Tensor) -> None:
         raise ValueError(
             f"edge_masks must have the logits' shape {tuple(logits.shape)}, got {_shape_of(edge_masks)}"
         )
+    _check_float(edge_masks, "edge_masks")
 
 
 def _check_form(form: str) -> None:
@@ -384,15 +403,19 @@ def _check_form(form: str) -> None:
         raise ValueError(f"form must be one of {_FORMS}, got {form!r}")
 
 
-def _post_mask_filter(kl_map: torch.Tensor, edge_masks: torch.Tensor, alpha) -> torch.Tensor:
-    """POM, BPKD Eq. 3: ``Σ_c (α_c/n_c) Σ_i φ_i·M_E,c(i)`` per image (``n_c = 0`` → 0), batch mean."""
+def _post_mask_filter(kl_map: torch.Tensor, edge_masks: torch.Tensor, alpha, reduction: str = "sum") -> torch.Tensor:
+    """POM, BPKD Eq. 3: ``Σ_c (α_c/n_c) Σ_i φ_i·M_E,c(i)`` per image (``n_c = 0`` → 0), batch mean.
+    ``reduction="mean"`` divides each image's sum by its number of classes with ``n_c > 0``."""
     num_classes = edge_masks.shape[1]
     alpha = torch.as_tensor(alpha, dtype=kl_map.dtype, device=kl_map.device)
     if alpha.dim() > 1 or (alpha.dim() == 1 and alpha.numel() != num_classes):
         raise ValueError(f"alpha must be a scalar or a 1-D tensor of length {num_classes}")
     per_class = (kl_map.unsqueeze(1) * edge_masks).sum((2, 3))
     area = (edge_masks != 0).sum((2, 3))
-    return (alpha * _divide_or_zero(per_class, area)).sum(1).mean()
+    per_image = (alpha * _divide_or_zero(per_class, area)).sum(1)
+    if reduction == "mean":
+        per_image = _divide_or_zero(per_image, (area > 0).sum(1).to(per_image.dtype))
+    return per_image.mean()
 
 
 def _edge_weighted_mean(kl_map: torch.Tensor, edge_masks: torch.Tensor) -> torch.Tensor:
@@ -411,6 +434,7 @@ def bpkd_edge_loss(
     prm: bool = True,
     pom: bool = True,
     form: str = "pixel",
+    pom_reduction: str = "sum",
 ) -> torch.Tensor:
     """BPKD edge loss (Eq. 2–3) with the PRM / POM ablation switches of its Table 4.
 
@@ -421,6 +445,11 @@ def bpkd_edge_loss(
     ``pom=False``: ``Σ_i φ_i m_i / Σ_i m_i`` per image with ``m = max_c M_E,c``, no α, batch mean.
     An image without edge pixels contributes 0.
 
+    ``pom_reduction`` (with ``pom=True``): ``"sum"`` over the classes, as Eq. 3 writes it, or
+    ``"mean"`` over the image's classes with ``n_c > 0`` (the supplement's "average reduction"),
+    which puts POM on the per-pixel scale of ``pom=False`` (with ``"sum"`` it is ≈ the number of
+    edge classes × that).
+
     ``form="channel"`` is the Edge(C) variant of BPKD Table 3: channel-wise distillation
     (``channel_wise_kd``, τ = 1) of the PRM-masked logits. POM re-weights per-pixel terms and has
     no channel-wise counterpart, so that form requires ``pom=False``.
@@ -430,6 +459,8 @@ def bpkd_edge_loss(
     )
     _check_edge_masks(edge_masks, student_logits)
     _check_form(form)
+    if pom_reduction not in ("sum", "mean"):
+        raise ValueError(f"pom_reduction must be 'sum' or 'mean', got {pom_reduction!r}")
     if form == "channel" and pom:
         raise ValueError("pom=True needs form='pixel' (POM weights per-pixel terms); pass pom=False")
     if prm:
@@ -438,7 +469,7 @@ def bpkd_edge_loss(
         return channel_wise_kd(student_logits, teacher_logits)
     kl_map = _pixel_kl_map(student_logits, teacher_logits)
     if pom:
-        return _post_mask_filter(kl_map, edge_masks, alpha)
+        return _post_mask_filter(kl_map, edge_masks, alpha, pom_reduction)
     return _edge_weighted_mean(kl_map, edge_masks)
 
 
@@ -505,6 +536,7 @@ def bcd_boundary_affinity(boundary_prob: torch.Tensor, radius: int = 5) -> torch
     """
     if not isinstance(boundary_prob, torch.Tensor) or boundary_prob.dim() != 4 or boundary_prob.shape[1] != 1:
         raise ValueError(f"boundary_prob must be an N×1×h×w tensor, got {_shape_of(boundary_prob)}")
+    _check_float(boundary_prob, "boundary_prob")
     _check_radius(radius)
     steps = _directional_steps(boundary_prob[:, 0], radius, pad_value=1.0)
     running_max = steps.cummax(dim=2).values[:, :, 1:]
@@ -604,6 +636,8 @@ def gam(feat: torch.Tensor, p: float) -> torch.Tensor:
 def partial_l2(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Partial L2 distance, PPD Eq. 4: mean over all elements of ``(T_i − S_i)²``, except
     elements with ``S_i ≤ T_i ≤ 0``, which contribute 0 (but still count in the mean)."""
+    _check_float(student, "student")
+    _check_float(teacher, "teacher")
     if student.shape != teacher.shape:
         raise ValueError(
             f"student has shape {tuple(student.shape)} but teacher has {tuple(teacher.shape)}; "
@@ -614,13 +648,20 @@ def partial_l2(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return torch.where((student <= teacher) & (teacher <= 0), 0.0, squared).mean()
 
 
-def ppd_pixel_kd(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
+def ppd_pixel_kd(student_feat: torch.Tensor, teacher_feat: torch.Tensor, normalize: bool = False) -> torch.Tensor:
     """PPD pixel-wise term, Eq. 5: ``partial_l2`` between the channel sums ``gam(·, p=1)`` of
-    the (pre-ReLU) feature maps. Channel counts may differ; the caller resizes."""
+    the (pre-ReLU) feature maps. Channel counts may differ; the caller resizes.
+
+    ``normalize``: each side's sum is divided by its own channel count (a per-pixel channel mean),
+    so that maps of different widths (a 512-wide student, a 256-wide teacher) compare on one scale;
+    for equal widths it only scales Eq. 5 by ``1/C²``, so one weight suits either pair."""
     student_feat, teacher_feat = _student_and_constant_teacher(
         student_feat, teacher_feat, ("student_feat", "teacher_feat"), same_channels=False
     )
-    return partial_l2(gam(student_feat, 1), gam(teacher_feat, 1))
+    s_sum, t_sum = gam(student_feat, 1), gam(teacher_feat, 1)
+    if normalize:
+        s_sum, t_sum = s_sum / student_feat.shape[1], t_sum / teacher_feat.shape[1]
+    return partial_l2(s_sum, t_sum)
 
 
 def ppd_pairwise_kd(student_feat: torch.Tensor, teacher_feat: torch.Tensor, grid: int = 3) -> torch.Tensor:
@@ -648,6 +689,8 @@ def wgan_critic_loss(d_student: torch.Tensor, d_teacher: torch.Tensor) -> torch.
     Both scores train the critic, so neither is detached here; detach the student's map
     before scoring it in the critic step.
     """
+    _check_float(d_student, "d_student")
+    _check_float(d_teacher, "d_teacher")
     return d_student.mean() - d_teacher.mean()
 
 
@@ -668,6 +711,9 @@ def gradient_penalty(
     _check_4d(real, "real")
     if fake.shape != real.shape:
         raise ValueError(f"fake has shape {tuple(fake.shape)} but real has {tuple(real.shape)}")
+    _check_4d(condition, "condition")
+    if condition.shape[0] != real.shape[0]:
+        raise ValueError(f"condition has batch size {condition.shape[0]} but real has {real.shape[0]}")
     eps = torch.rand(real.shape[0], 1, 1, 1, generator=generator, device=real.device, dtype=real.dtype)
     interpolates = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
     scores = critic(interpolates, condition)
@@ -677,4 +723,201 @@ def gradient_penalty(
 
 def holistic_generator_loss(d_student: torch.Tensor) -> torch.Tensor:
     """Student's adversarial term of SKD Eq. 4: ``−mean D(Q_s|I)`` (weighted by λ2 by the caller)."""
+    _check_float(d_student, "d_student")
     return -d_student.mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# IFVD (Wang et al., ECCV 2020) and CIRKD (Yang et al., CVPR 2022)
+# ---------------------------------------------------------------------------------------------
+
+
+def labels_at(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Integer ``N×H×W`` labels resized to ``size`` by nearest neighbour (as IFVD's and CIRKD's code)."""
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 3 or labels.is_floating_point():
+        raise ValueError(f"labels must be an integer N×H×W tensor, got {_shape_of(labels)}")
+    if tuple(labels.shape[-2:]) == tuple(size):
+        return labels
+    return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
+
+
+def _class_one_hot(labels: torch.Tensor, num_classes: int, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``N×hw×K`` one-hot of the labels (all-zero rows where the label is not a class) and the
+    ``N×hw`` boolean valid mask (label in ``[0, K)`` and not ``ignore_index``)."""
+    flat = labels.flatten(1)
+    valid = (flat >= 0) & (flat < num_classes) & (flat != ignore_index)
+    one_hot = F.one_hot(torch.where(valid, flat, 0), num_classes) * valid[..., None]
+    return one_hot, valid
+
+
+def class_prototypes(
+    feat: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: int = 255
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image class prototypes (IFVD Sec. 3, the class prototype): ``p_{n,k} = (1/|S_{n,k}|) Σ_{i∈S_{n,k}} f_{n,i}``.
+
+    ``S_{n,k}`` are the pixels of image ``n`` labelled ``k`` after the labels are resized to the
+    feature map (nearest); ``ignore_index`` and labels outside ``[0, K)`` belong to no class.
+    Returns the ``N×K×C`` prototypes (0 for a class absent from an image) and the ``N×K`` pixel
+    counts. Gradients flow into ``feat`` through the means.
+    """
+    _check_4d(feat, "feat")
+    labels = labels_at(labels, feat.shape[-2:])
+    if labels.shape[0] != feat.shape[0]:
+        raise ValueError(f"labels has batch size {labels.shape[0]} but feat has {feat.shape[0]}")
+    one_hot, _ = _class_one_hot(labels, num_classes, ignore_index)
+    one_hot = one_hot.to(feat.dtype)
+    counts = one_hot.sum(1)
+    sums = torch.bmm(one_hot.transpose(1, 2), feat.flatten(2).transpose(1, 2))
+    return sums / counts.clamp(min=1)[..., None], counts
+
+
+def ifv_map(
+    feat: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: int = 255, eps: float = 1e-8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The intra-class feature variation map of IFVD Sec. 3: ``M_{n,i} = cos(f_{n,i}, p_{n,y_i})``.
+
+    Each pixel's cosine similarity to the prototype (`class_prototypes`) of its own class in its
+    own image; ``cos(a, b) = aᵀb / (max(‖a‖, eps)·max(‖b‖, eps))`` as ``torch.cosine_similarity``.
+    Returns the ``N×h×w`` map (0 at pixels of no class) and the ``N×h×w`` boolean valid mask.
+    """
+    _check_4d(feat, "feat")
+    n, _, h, w = feat.shape
+    labels = labels_at(labels, (h, w))
+    if labels.shape[0] != n:
+        raise ValueError(f"labels has batch size {labels.shape[0]} but feat has {n}")
+    prototypes, _ = class_prototypes(feat, labels, num_classes, ignore_index)
+    flat = feat.flatten(2)
+    one_hot, valid = _class_one_hot(labels, num_classes, ignore_index)
+    one_hot = one_hot.to(feat.dtype)
+    # aᵀp for every class prototype of the image (K is small), then the pixel's own class picked.
+    dots = (torch.bmm(prototypes, flat).transpose(1, 2) * one_hot).sum(-1)
+    proto_norm = (one_hot * prototypes.norm(dim=2)[:, None, :]).sum(-1)
+    cos = dots / (flat.norm(dim=1).clamp(min=eps) * proto_norm.clamp(min=eps))
+    return torch.where(valid, cos, 0.0).view(n, h, w), valid.view(n, h, w)
+
+
+def ifv_map_mse(student_map: torch.Tensor, teacher_map: torch.Tensor, valid_mask: torch.Tensor) -> torch.Tensor:
+    """IFVD's IFV loss (Sec. 3): ``(1/|V|) Σ_{i∈V} (M^s_i − M^t_i)²`` over the valid pixels ``V`` of the batch
+    (the teacher map is a constant); 0 when no pixel is valid."""
+    if student_map.shape != teacher_map.shape or valid_mask.shape != student_map.shape:
+        raise ValueError(f"student_map {_shape_of(student_map)}, teacher_map {_shape_of(teacher_map)} and "
+                         f"valid_mask {_shape_of(valid_mask)} must have one shape")
+    if valid_mask.dtype != torch.bool:
+        raise ValueError(f"valid_mask must be boolean, got {valid_mask.dtype}")
+    _check_float(student_map, "student_map")
+    _check_float(teacher_map, "teacher_map")
+    squared = (student_map - teacher_map.detach()).pow(2)
+    return torch.where(valid_mask, squared, 0.0).sum() / valid_mask.sum().clamp(min=1)
+
+
+def ifvd_kd(
+    student_feat: torch.Tensor,
+    teacher_feat: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    ignore_index: int = 255,
+) -> torch.Tensor:
+    """Intra-class feature variation distillation (IFVD Sec. 3; its code's ``CriterionIFV``): the mean squared difference of the
+    student's and teacher's `ifv_map` over the valid pixels. Channel counts may differ (each map
+    compares a model's features with its own prototypes); spatial sizes must agree."""
+    student_feat, teacher_feat = _student_and_constant_teacher(
+        student_feat, teacher_feat, ("student_feat", "teacher_feat"), same_channels=False
+    )
+    s_map, valid = ifv_map(student_feat, labels, num_classes, ignore_index)
+    t_map, _ = ifv_map(teacher_feat, labels, num_classes, ignore_index)
+    return ifv_map_mse(s_map, t_map, valid)
+
+
+def avg_pool2_of_bilinear_up2(x: torch.Tensor) -> torch.Tensor:
+    """``avg_pool2d(interpolate(x, scale 2, bilinear, align_corners=False), 2)`` without the 2× map.
+
+    Along one axis the two upsampled entries of a 2-window are ``0.75·x_i + 0.25·x_{i∓1}`` (border
+    indices clamped), so their mean is ``0.75·x_i + 0.125·(x_{i−1} + x_{i+1})``: a separable
+    3-tap filter with replicated borders. Equal to the two-step form up to float rounding.
+    """
+    _check_4d(x, "x")
+
+    def along(t: torch.Tensor, dim: int) -> torch.Tensor:
+        n = t.shape[dim]
+        if n == 1:
+            return t
+        before = torch.cat([t.narrow(dim, 0, 1), t.narrow(dim, 0, n - 1)], dim)
+        after = torch.cat([t.narrow(dim, 1, n - 1), t.narrow(dim, n - 1, 1)], dim)
+        return 0.75 * t + 0.125 * (before + after)
+
+    return along(along(x, -1), -2)
+
+
+def cirkd_minibatch_pair_kd(
+    student_feat: torch.Tensor, teacher_feat: torch.Tensor, temperature: float = 0.1
+) -> torch.Tensor:
+    """CIRKD's mini-batch pixel-to-pixel term (CIRKD Sec. 3; the official
+    ``CriterionMiniBatchCrossImagePair``).
+
+    With ``f̂`` the features L2-normalised over channels, for every ordered pair of images
+    ``(i, j)`` of the batch ``S_ij[a, b] = f̂_{i,a}ᵀ f̂_{j,b}`` (``hw×hw``, pixel ``a`` of image ``i``
+    against every pixel ``b`` of image ``j``), and
+    ``ℓ = (1/N²) Σ_{i,j} (1/hw) Σ_a KL(softmax_b(T_ij[a]/τ) ‖ softmax_b(S_ij[a]/τ))``
+    (no τ² factor, as the official code). Channel counts may differ; spatial sizes must agree.
+    """
+    student_feat, teacher_feat = _student_and_constant_teacher(
+        student_feat, teacher_feat, ("student_feat", "teacher_feat"), same_channels=False
+    )
+    _check_temperature(temperature)
+    n, _, h, w = student_feat.shape
+    s_unit = F.normalize(student_feat.flatten(2), dim=1)  # N×C×hw
+    t_unit = F.normalize(teacher_feat.flatten(2), dim=1)
+    s_all = s_unit.transpose(0, 1).flatten(1)  # C×(N·hw): every pixel of the batch
+    t_all = t_unit.transpose(0, 1).flatten(1)
+    total = student_feat.new_zeros(())
+    for i in range(n):  # one anchor image at a time bounds the memory to hw × N·hw
+        s_sim = (s_unit[i].T @ s_all).view(h * w, n, h * w) / temperature
+        t_sim = (t_unit[i].T @ t_all).view(h * w, n, h * w) / temperature
+        total = total + _softmax_kl(t_sim, s_sim, dim=-1).sum()
+    return total / (n * n * h * w)
+
+
+def cirkd_memory_kd(
+    student_embed: torch.Tensor,
+    teacher_embed: torch.Tensor,
+    memory: torch.Tensor,
+    temperature: float = 0.1,
+    kd_temperature: float = 1.0,
+    memory_mask: torch.Tensor | None = None,
+    anchor_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """CIRKD's memory-based pixel-to-pixel and pixel-to-region distillation (Sec. 3), one form
+    (the official ``StudentSegContrast``).
+
+    ``student_embed``, ``teacher_embed``: ``A×D`` anchor embeddings (the valid pixels of the batch;
+    the student's after its projection head), ``memory``: ``M×D`` teacher embeddings of past
+    batches (pixels for the pixel term, class-region means for the region term). All rows are
+    L2-normalised here; with ``z = anchorᵀ·memory / τ`` per anchor,
+    ``ℓ = (1/A) Σ_a κ²·KL(softmax_m(z^t_a/κ) ‖ softmax_m(z^s_a/κ))`` (κ = ``kd_temperature``, 1 in
+    the official code; the memory and the teacher are constants). ``memory_mask`` (boolean ``M``)
+    keeps only some memory entries (unfilled slots); ``anchor_mask`` (boolean ``A``) averages over
+    the kept anchors only (the valid pixels, without gathering them); no anchor gives 0.
+    """
+    for name, x in (("student_embed", student_embed), ("teacher_embed", teacher_embed), ("memory", memory)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 2:
+            raise ValueError(f"{name} must be a 2-D tensor, got {_shape_of(x)}")
+        _check_float(x, name)
+    if teacher_embed.shape != (student_embed.shape[0], memory.shape[1]) or student_embed.shape[1] != memory.shape[1]:
+        raise ValueError(f"student_embed {_shape_of(student_embed)} and teacher_embed {_shape_of(teacher_embed)} "
+                         f"must be A×D with the D of memory {_shape_of(memory)}")
+    if memory_mask is not None and (memory_mask.dtype != torch.bool or memory_mask.shape != memory.shape[:1]):
+        raise ValueError(f"memory_mask must be a boolean tensor of shape ({memory.shape[0]},), "
+                         f"got {_shape_of(memory_mask)}")
+    if anchor_mask is not None and (anchor_mask.dtype != torch.bool or anchor_mask.shape != student_embed.shape[:1]):
+        raise ValueError(f"anchor_mask must be a boolean tensor of shape ({student_embed.shape[0]},), "
+                         f"got {_shape_of(anchor_mask)}")
+    _check_temperature(temperature)
+    _check_temperature(kd_temperature)
+    bank = F.normalize(memory.detach(), dim=1)
+    s_logits = F.normalize(student_embed, dim=1) @ bank.T / temperature
+    t_logits = F.normalize(teacher_embed.detach(), dim=1) @ bank.T / temperature
+    mask = None if memory_mask is None else memory_mask[None, :]
+    kl = _softmax_kl(t_logits, s_logits, dim=1, temperature=kd_temperature, mask=mask)
+    if anchor_mask is None:
+        return kl.sum() / max(student_embed.shape[0], 1)
+    return torch.where(anchor_mask, kl, 0.0).sum() / anchor_mask.sum().clamp(min=1)

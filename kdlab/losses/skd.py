@@ -16,12 +16,13 @@ class StructuredKD(DistillMethod):
     default_taps = {**PixelKD.default_taps, **PairwiseKD.default_taps}
     default_weights = {**PixelKD.default_weights, **PairwiseKD.default_weights, **HolisticKD.default_weights}
 
-    def __init__(self, ctx: MethodContext, taps=None, temperature: float = 1.0, pool_kernel: int | None = 2,
+    def __init__(self, ctx: MethodContext, taps=None, temperature: float = 1.0,
+                 pool_kernel: int | list[int] | tuple[int, int] | None = (2, 2), pool_scale: float | None = None,
                  d_width: int = 64, d_lr: float = 1e-4):
         super().__init__(ctx, taps)
         self.parts = nn.ModuleList([
             PixelKD(ctx, self._part_taps(PixelKD), temperature=temperature),
-            PairwiseKD(ctx, self._part_taps(PairwiseKD), pool_kernel=pool_kernel),
+            PairwiseKD(ctx, self._part_taps(PairwiseKD), pool_kernel=pool_kernel, pool_scale=pool_scale),
             HolisticKD(ctx, self._part_taps(HolisticKD), d_width=d_width, d_lr=d_lr),
         ])
 

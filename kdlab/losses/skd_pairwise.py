@@ -3,6 +3,7 @@
 import torch
 import torch.nn.functional as F
 
+from kdlab.errors import ConfigError
 from kdlab.losses import functional as KF
 from kdlab.losses.base import DistillMethod, MethodContext, register, resize_to
 from kdlab.morphology import block_max
@@ -85,27 +86,59 @@ class PairwiseKD(DistillMethod):
     """Squared differences of the cosine-similarity matrices of student and teacher features.
 
     Channel counts may differ (similarities are channel-independent); the student map is resized
-    to the teacher's. `pool_kernel` max-pools both maps first to bound the (hw)² cost. When the
-    teacher's map is exactly twice the student's and `pool_kernel` is 2, the student side is pooled
-    without building its upsampled map (`max_pool2_of_bilinear_up2`; same values and gradients).
+    to the teacher's. `pool_kernel` max-pools both maps first to bound the (hw)² cost: a side or a
+    ``[kh, kw]`` pair (non-square maps), kernel = stride, ceil mode. `pool_scale` instead derives
+    the kernel from the teacher's map size ``h×w`` at every step, as SKD's official code
+    (``--pool-scale 0.5``): ``(max(1, int(h·scale)), max(1, int(w·scale)))``. When the teacher's
+    map is exactly twice the student's and the kernel is 2×2, the student side is pooled without
+    building its upsampled map (`max_pool2_of_bilinear_up2`; same values and gradients).
     """
 
     name = "skd_pairwise"
     default_taps = {"feat": "decoder"}
     default_weights = {"pairwise": 10.0}  # SKD's λ1
 
-    def __init__(self, ctx: MethodContext, taps=None, pool_kernel: int | None = 2, max_block_elems: int | None = None):
+    def __init__(self, ctx: MethodContext, taps=None, pool_kernel: int | list[int] | tuple[int, int] | None = (2, 2),
+                 pool_scale: float | None = None, max_block_elems: int | None = None):
         super().__init__(ctx, taps)
-        self.pool_kernel = pool_kernel
+        self.pool_kernel, self.pool_scale = parse_pool_options(self.name, pool_kernel, pool_scale)
         self.max_block_elems = max_block_elems
+
+    def kernel_for(self, height: int, width: int) -> tuple[int, int] | None:
+        """The pooling kernel for a teacher map of ``height×width`` (None = no pooling)."""
+        if self.pool_scale is None:
+            return self.pool_kernel
+        return max(1, int(height * self.pool_scale)), max(1, int(width * self.pool_scale))
 
     def terms(self, student, teacher, batch, step):
         s_feat, t_feat = student["feat"], teacher["feat"]
         (sh, sw), (th, tw) = s_feat.shape[-2:], t_feat.shape[-2:]
-        if self.pool_kernel == 2 and (th, tw) == (2 * sh, 2 * sw) and sh > 1 and sw > 1:
+        kernel = self.kernel_for(th, tw)
+        if kernel == (2, 2) and (th, tw) == (2 * sh, 2 * sw) and sh > 1 and sw > 1:
             s = max_pool2_of_bilinear_up2(s_feat.float())
             t = block_max(t_feat.float(), 2)  # max_pool2d(2, ceil_mode=True), bit for bit, faster
             return {"pairwise": KF.pairwise_similarity_kd(s, t, None, self.max_block_elems)}
         s = resize_to(s_feat, t_feat)
-        return {"pairwise": KF.pairwise_similarity_kd(s.float(), t_feat.float(), self.pool_kernel,
-                                                      self.max_block_elems)}
+        return {"pairwise": KF.pairwise_similarity_kd(s.float(), t_feat.float(), kernel, self.max_block_elems)}
+
+
+def parse_pool_options(method: str, pool_kernel, pool_scale) -> tuple[tuple[int, int] | None, float | None]:
+    """Recipe options ``pool_kernel`` (a side, a ``[kh, kw]`` pair or null) and ``pool_scale`` (a
+    number in (0, 1] or null) as ``((kh, kw) or None, scale or None)``; bad values are a
+    ConfigError naming the option. ``pool_scale`` replaces the kernel, so it may not be combined
+    with a ``pool_kernel`` other than the default."""
+    if pool_kernel is not None:
+        try:
+            pool_kernel = KF.pool_kernel_pair(pool_kernel)
+        except ValueError:
+            raise ConfigError(f"method {method!r}: option pool_kernel must be a positive integer, a [kh, kw] "
+                              f"pair of them, or null, got {pool_kernel!r}") from None
+    if pool_scale is not None:
+        if isinstance(pool_scale, bool) or not isinstance(pool_scale, (int, float)) or not 0 < pool_scale <= 1:
+            raise ConfigError(f"method {method!r}: option pool_scale must be a number in (0, 1] or null, "
+                              f"got {pool_scale!r}")
+        if pool_kernel not in (None, (2, 2)):
+            raise ConfigError(f"method {method!r}: options pool_kernel and pool_scale exclude each other "
+                              f"(pool_scale derives the kernel from the map size)")
+        pool_kernel = None
+    return pool_kernel, (float(pool_scale) if pool_scale is not None else None)

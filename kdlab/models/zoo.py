@@ -79,8 +79,22 @@ def build_smp_model(spec: ModelSpec, num_classes: int) -> nn.Module:
     validate_spec(spec)
     try:
         return ARCHITECTURES[spec.arch](**_smp_kwargs(spec, num_classes))
-    except (TypeError, ValueError, KeyError) as err:
-        raise ConfigError(f"model: cannot build {spec.arch}/{spec.encoder}: {err}") from err
+    except Exception as err:
+        if spec.encoder_weights is not None and _is_download_error(err):
+            raise ConfigError(f"model.encoder_weights={spec.encoder_weights}: cannot download the {spec.encoder} "
+                              f"weights ({type(err).__name__}; offline?); use model.encoder_weights=null or put the "
+                              "weights in the Hugging Face / torch hub cache (HF_HOME, TORCH_HOME)") from err
+        if isinstance(err, (TypeError, ValueError, KeyError)):
+            raise ConfigError(f"model: cannot build {spec.arch}/{spec.encoder}: {err}") from err
+        raise
+
+
+def _is_download_error(err: BaseException) -> bool:
+    """A failed fetch of pretrained weights: smp and timm download through huggingface_hub (httpx or
+    requests) or torch.hub (urllib), whose errors are OSErrors (URLError, HTTPError, ConnectionError,
+    LocalEntryNotFoundError, timeouts) or come from those libraries."""
+    libraries = ("huggingface_hub", "httpx", "httpcore", "requests", "urllib3", "urllib")
+    return isinstance(err, OSError) or any(cls.__module__.split(".")[0] in libraries for cls in type(err).__mro__)
 
 
 class SegModel(nn.Module):
