@@ -314,7 +314,8 @@ def evaluate(model: nn.Module, dataset, cfg: RunConfig, device: torch.device, nu
     """Scores of `model` over the split: one confusion matrix (plus trimap bands) on the device. Under
     DDP each rank scores every world_size-th batch of the one-process order and the counts are summed."""
     model.eval()
-    meter = SegmentationMeter(num_classes, widths=tuple(cfg.eval.band_widths))
+    meter = SegmentationMeter(num_classes, widths=tuple(cfg.eval.band_widths),
+                              relative_widths=tuple(cfg.eval.relative_band_widths))
     indices = range(len(dataset) if cfg.eval.max_images is None else min(len(dataset), cfg.eval.max_images))
     batches = size_grouped_batches(dataset, indices, cfg.eval.batch_size)[ddp.rank()::ddp.world_size()]
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=loader_workers(cfg),
