@@ -40,7 +40,19 @@ def _read_png(path: Path, mode: str) -> np.ndarray:
         raise DataError(f"{path}: unreadable image ({err.__class__.__name__})") from err
 
 
-class SegmentationFolder:
+class TransformedItems:
+    """``dataset[i]`` / ``dataset[i, seed]``: ``load(i)`` through ``transform``, which draws from a
+    generator seeded per sample (see `kdlab.engine.IterationBatches`), as ``{"image", "label", "id"}``."""
+
+    def __getitem__(self, key) -> dict:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        image, label = self.load(index)
+        if self.transform is not None:
+            image, label = self.transform(image, label, np.random.default_rng(seed))
+        return {"image": image, "label": label, "id": self.ids[index]}
+
+
+class SegmentationFolder(TransformedItems):
     """A split of a dataset in the layout contract; items are dicts with image, label and id.
 
     An item key is an index, or an (index, seed) pair whose seed fixes the random augmentation.
@@ -88,9 +100,3 @@ class SegmentationFolder:
             width, height = image.size
         return height, width
 
-    def __getitem__(self, key) -> dict:
-        index, seed = key if isinstance(key, tuple) else (key, None)
-        image, label = self.load(index)
-        if self.transform is not None:
-            image, label = self.transform(image, label, np.random.default_rng(seed))
-        return {"image": image, "label": label, "id": self.ids[index]}

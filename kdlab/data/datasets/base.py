@@ -17,6 +17,7 @@ from typing import ClassVar, Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from kdlab.data.dataset import TransformedItems
 from kdlab.errors import ConfigError, DataError
 
 IGNORE_INDEX = 255
@@ -129,7 +130,7 @@ def _shallowest_missing(root: Path, path: Path) -> Path:
     return path
 
 
-class SegDataset:
+class SegDataset(TransformedItems):
     """A split of a real dataset, read in place.
 
     Attributes: ``ids`` (list of str), ``num_classes``, ``class_names``, ``palette`` (K×3 uint8),
@@ -262,13 +263,6 @@ class SegDataset:
             raise DataError(f"{item.label}: label value {int(raw[label < 0].min())} is outside {self.name}'s value "
                             f"set ({value_set(lut)})")
         return image, label.astype(np.uint8)
-
-    def __getitem__(self, key) -> dict:
-        index, seed = key if isinstance(key, tuple) else (key, None)
-        image, label = self.load(index)
-        if self.transform is not None:
-            image, label = self.transform(image, label, np.random.default_rng(seed))
-        return {"image": image, "label": label, "id": self.ids[index]}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.root)!r}, {self.split!r}: {len(self)} images)"
