@@ -3,7 +3,8 @@
 - first-layer feature entropy (BPKD Fig. 1): `first_layer_entropy`, `entropy_summary`;
 - class activation maps (BPKD Fig. 4): `class_activation_map` (HiResCAM / Grad-CAM);
 - boundaries (BPKD Fig. 2): `edge_masks`, `decoupled_logits`;
-- scores over seeds and classes: `mean_std_over_seeds`, `gains_over`.
+- scores over seeds and classes: `mean_std_over_seeds`, `gains_over`;
+- learning curves (issue 15's convergence rule): `late_gain`.
 
 Nothing here reads runs or draws: `kdlab.inspection` feeds these from trained runs and
 `kdlab.plots` draws what they return.
@@ -153,3 +154,22 @@ def gains_over(rows: Sequence[Mapping], reference: str = "baseline",
         raise ValueError(f"reference: no column {reference!r} in rows")
     labels = [k for k in rows[0] if k not in ("class", reference, *exclude)]
     return [{"class": row["class"], **{label: row[label] - row[reference] for label in labels}} for row in rows]
+
+
+# ---------------------------------------------------------------- learning curves
+
+
+def late_gain(iterations: Sequence[int], values: Sequence[float], fraction: float = 0.25) -> float:
+    """What a curve gained over the last ``fraction`` of its iterations: the final value minus the
+    value at the last evaluation at or before ``(1 − fraction) × final iteration``. A schedule has
+    plateaued when the baseline's late gain (mIoU) is under 1 point (issue 15)."""
+    iterations, values = np.asarray(iterations, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    if iterations.ndim != 1 or iterations.shape != values.shape or len(iterations) < 2:
+        raise ValueError(f"iterations and values must be two 1-D sequences of one length >= 2, got "
+                         f"{iterations.shape} and {values.shape}")
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+    earlier = np.flatnonzero(iterations <= (1 - fraction) * iterations[-1])
+    if not len(earlier):
+        raise ValueError(f"no evaluation at or before {(1 - fraction):.0%} of iteration {iterations[-1]:g}")
+    return float(values[-1] - values[earlier[-1]])

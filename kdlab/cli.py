@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -136,7 +137,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kdlab", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="kdlab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("data", help="generate the embedded benchmark or preview a dataset")
@@ -181,6 +182,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (0 outside torchrun), readable before any process group."""
+    return int(os.environ.get("RANK", "0"))
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors printed once under torchrun (by rank 0; see `_report`)."""
+
+    def error(self, message: str):
+        if launched_rank() > 0:
+            self.exit(2)
+        super().error(message)
+
+
+def _report(message: str) -> None:
+    """kdlab's one error line. Under torchrun only rank 0 prints it: every rank checks the same input
+    before the process group forms, so every rank meets the same error."""
+    if launched_rank() == 0:
+        print(f"kdlab: error: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -192,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [_typed_override(text) for text in [*getattr(args, "overrides", []), *extra]]
         args.func(args)
     except KdlabError as err:
-        print(f"kdlab: error: {err}", file=sys.stderr)
+        _report(str(err))
         return 2
     except (OSError, RuntimeError) as err:
         # A full disk or a read-only directory met outside an atomic write (a log line, the run lock).
@@ -201,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         translated = storage_error(err, getattr(err, "filename", None))
         if translated is None:
             raise
-        print(f"kdlab: error: {translated}", file=sys.stderr)
+        _report(str(translated))
         return 2
     except KeyboardInterrupt:
         print("kdlab: interrupted (the last checkpoint is intact; continue with --resume)", file=sys.stderr)

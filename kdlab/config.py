@@ -35,6 +35,8 @@ class DataConfig:
     base_size: list[int] | None = None  # mmseg's RandomResize scale as [long side, short side], e.g. [2048, 1024]: the image is resized (ratio kept) to fit base_size x a ratio in [scale_min, scale_max]; None = the ratio scales the image itself
     cat_max_ratio: float = 1.0  # mmseg's RandomCrop: redraw a crop (up to 10 times) while one class covers this fraction or more of its valid pixels; 1.0 = off
     photometric: bool = False  # mmseg's PhotoMetricDistortion (brightness, contrast, saturation, hue, each with p = 0.5)
+    train_split: str | None = None  # the split trained on; None = the dataset's usual one (VOC: train_aug; PPD trains on train)
+    eval_split: str | None = None  # the split evaluated on; None = the dataset's usual one (val; CamVid, COCO-Stuff: test)
     num_workers: int | None = None  # DataLoader worker processes (0 = load in the main process); None = 0 for the embedded benchmark, min(4, CPUs per process) for other datasets
 
 

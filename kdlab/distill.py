@@ -23,6 +23,10 @@ tensors). `DistillObjective` calls it once, at the first training-mode forward w
 ``state_dict``), with autocast off, and restores the global RNG afterwards, so that it draws nothing
 from the run's stream (a run alone and in a cohort stay bit-identical); under DDP every rank then
 takes rank 0's result.
+
+A distilled run's checkpoint holds no copy of the frozen teacher, only its checkpoint's sha256: the
+teacher is `distill.teacher`'s, and resuming with another teacher than the one a run started with is a
+one-line `CheckpointError`.
 """
 
 from __future__ import annotations
@@ -34,11 +38,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from kdlab.checkpoint import check_dataset_match, load_checkpoint, model_from_state, resolve_checkpoint_path
+from kdlab.checkpoint import (HASH_KEY, check_dataset_match, content_hash, load_checkpoint, model_from_state,
+                              resolve_checkpoint_path)
 from kdlab.config import RunConfig, named_yaml, read_yaml
 from kdlab import distributed as ddp
 from kdlab.engine import IterationBatches, build_data, segmentation_ce
-from kdlab.errors import ConfigError
+from kdlab.errors import CheckpointError, ConfigError
 from kdlab.losses import REGISTRY, MethodContext, Step, build_method
 from kdlab.losses.base import check_options, is_number
 from kdlab.models.zoo import SegModel
@@ -111,8 +116,9 @@ class TeacherPass:
     """The frozen teacher's taps for the current batch, computed once for every objective that reads
     them: the runs of a cohort share one, so the teacher runs once per batch, not once per student."""
 
-    def __init__(self, teacher: SegModel):
+    def __init__(self, teacher: SegModel, digest: str | None = None):
         self.model = teacher.eval().requires_grad_(False)
+        self.digest = digest  # sha256 of the teacher's checkpoint (None: not from a checkpoint)
         self.taps: set[str] = set()  # the union of what its readers need
         self._key: tuple[torch.Tensor, int] | None = None
         self._outputs: dict[str, torch.Tensor] = {}
@@ -153,6 +159,9 @@ class DistillObjective(nn.Module):
         teacher.taps.update(self.teacher_taps)
         self.total_iterations = total_iterations
         self.warmup_iters = warmup_iters
+        self.register_state_dict_post_hook(_without_teacher_weights)
+        self.register_load_state_dict_pre_hook(_with_the_loaded_teacher)
+
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -191,18 +200,37 @@ class DistillObjective(nn.Module):
         return {"loss": ce + self.ramp(iteration) * kd, "kd": kd, **terms}
 
     def extra_state(self) -> dict:
-        return {name: m.extra_state() for name, m in self.methods.items() if hasattr(m, "extra_state")}
+        """What a checkpoint keeps beside the state_dict: the methods' own (optimisers, memories) and the
+        teacher checkpoint's sha256, which stands for the teacher (its weights are not saved)."""
+        return {"methods": {name: m.extra_state() for name, m in self.methods.items() if hasattr(m, "extra_state")},
+                "teacher_sha256": self.teacher_pass.digest}
 
     def load_extra_state(self, state: dict) -> None:
-        for name, value in state.items():
-            self.methods[name].load_extra_state(value)
+        saved, now = state.get("teacher_sha256"), self.teacher_pass.digest
+        if saved and now and saved != now:
+            raise CheckpointError(f"distill.teacher: not the teacher this run started with (its checkpoint's sha256 "
+                                  f"is {now[:12]}..., the run's {saved[:12]}...); resume with the original teacher")
+        for name, value in state.get("methods", state if "teacher_sha256" not in state else {}).items():
+            self.methods[name].load_extra_state(value)  # (checkpoints before the sha256 held the methods' alone)
 
 
-def load_teacher(cfg: RunConfig, meta: dict, device: torch.device) -> SegModel:
+def _without_teacher_weights(module: DistillObjective, state_dict: dict, prefix: str, _metadata) -> None:
+    """A checkpoint leaves out the frozen teacher (`DistillObjective.extra_state` names it by sha256)."""
+    for key in [key for key in state_dict if key.startswith(f"{prefix}teacher.")]:
+        del state_dict[key]
+
+
+def _with_the_loaded_teacher(module: DistillObjective, state_dict: dict, prefix: str, *_args) -> None:
+    """Loading keeps the teacher loaded from `distill.teacher`: older checkpoints carried a copy of it."""
+    state_dict.update(module.teacher.state_dict(prefix=f"{prefix}teacher."))
+
+
+def load_teacher(cfg: RunConfig, meta: dict, device: torch.device) -> tuple[SegModel, str]:
+    """The teacher of `cfg` and its checkpoint's sha256."""
     path = resolve_checkpoint_path(cfg.distill.teacher)
     state = load_checkpoint(path)
     check_dataset_match(state, meta, path, role="teacher")
-    return model_from_state(state, path).to(device)
+    return model_from_state(state, path).to(device), state.get(HASH_KEY) or content_hash(state)
 
 
 def check_distill_config(cfg: RunConfig) -> list[RecipeEntry]:
@@ -218,7 +246,7 @@ def check_distill_config(cfg: RunConfig) -> list[RecipeEntry]:
 
 def teacher_pass(cfg: RunConfig, meta: dict, device: torch.device) -> TeacherPass:
     """The teacher of `cfg`, loaded once for a cohort of students."""
-    return TeacherPass(load_teacher(cfg, meta, device))
+    return TeacherPass(*load_teacher(cfg, meta, device))
 
 
 def training_batches(cfg: RunConfig) -> Callable[[int], list[dict]]:

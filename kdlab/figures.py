@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kdlab.errors import KdlabError
 from kdlab.paths import project_root
-from kdlab.pipeline import load_profile
+from kdlab.pipeline import load_profile, profile_configs, refuse_stale_finished
 
 # notebook -> notebooks it needs (their runs and checkpoints).
 DEPENDENCIES: dict[str, list[str]] = {
@@ -89,9 +89,11 @@ def execute(notebook: str, parameters: dict, out_dir: Path) -> Outcome:
 def run_notebooks(profile: str, runs_root: str | None = None, figures_dir: str | None = None, device: str = "auto",
                   only: list[str] | None = None, changes: dict | None = None) -> list[Outcome]:
     """Execute the notebooks (all, or `only`) in dependency order; `changes` are the notebooks'
-    dataset / data_root / recipes / seeds / jobs parameters, replacing the profile's own."""
-    changes = {key: value for key, value in (changes or {}).items() if value is not None}
+    dataset / data_root / recipes / seeds / jobs / retrain parameters, replacing the profile's own.
+    A finished run whose config changed stops everything before the first notebook, unless retrain."""
+    changes = {key: value for key, value in (changes or {}).items() if value not in (None, False)}
     prof = load_profile(profile, runs_root, figures_dir, **changes)
+    refuse_stale_finished(profile_configs(prof), prof.retrain)
     out_dir = prof.runs_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     _kernel_environment()
@@ -141,10 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipes", nargs="+", help="replace the profile's comparison recipes")
     parser.add_argument("--seeds", nargs="+", type=int, help="replace the seeds of the profile's comparison")
     parser.add_argument("--jobs", type=int, help="runs trained at once (default: the profile's, else 1)")
+    parser.add_argument("--retrain", action="store_true",
+                        help="retrain finished runs whose config changed (the old run is kept as <name>.stale-<k>)")
     args = parser.parse_args(argv)
     runs_root, figures_dir, data_root = (_typed_path(p) for p in (args.runs_root, args.figures_dir, args.data_root))
     changes = {"dataset": args.dataset, "data_root": data_root, "recipes": args.recipes,
-               "seeds": args.seeds, "jobs": args.jobs}
+               "seeds": args.seeds, "jobs": args.jobs, "retrain": args.retrain}
     tic, since = time.perf_counter(), time.time()
     try:
         outcomes = run_notebooks(args.profile, runs_root, figures_dir, args.device, args.only, changes)

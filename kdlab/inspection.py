@@ -33,7 +33,7 @@ from kdlab.analysis import (class_activation_map, decoupled_logits, edge_masks, 
 from kdlab.checkpoint import load_checkpoint, model_from_state
 from kdlab.data import denormalize
 from kdlab.distill import DistillObjective, distill_objective, load_recipe
-from kdlab.engine import IGNORE_INDEX, RunDir, build_data, run_config
+from kdlab.engine import IGNORE_INDEX, RunDir, build_data, eval_size, run_config
 from kdlab.losses.base import DistillMethod, resize_to
 from kdlab.losses.bcd import BoundaryContextDistillation
 from kdlab.losses.skd_holistic import HolisticKD
@@ -189,11 +189,19 @@ def cost_columns(model: nn.Module, image_size: int | Sequence[int], fps_repeats:
             "FPS": measure_fps(model, image_size, repeats=fps_repeats)}
 
 
+def test_size(run_dir: str | Path) -> tuple[int, int]:
+    """(H, W) at which a run's evaluation predicts its first validation image: the image's size
+    after ``eval.resize`` (keep-ratio, e.g. Cityscapes 2048×1024, ADE20K to fit 2048×512)."""
+    cfg = run_config(run_dir)
+    _train_set, val_set, _meta = build_data(cfg)
+    return eval_size(val_set.size(0), cfg.eval.resize)
+
+
 def comparison_table(runs: Mapping[tuple[str, int], Path], teacher: str | Path, device: str | torch.device = "auto",
                      fps_repeats: int = 20) -> list[dict]:
     """`kdlab.pipeline.summary_rows` (teacher, baseline, methods: mean and std over seeds, Δ mIoU vs
-    the baseline) plus the cost columns of each label's model, on one validation image's size."""
-    image_size = tuple(validation_samples(teacher, 1).images.shape[-2:])
+    the baseline) plus the cost columns of each label's model at the dataset's test size (`test_size`)."""
+    image_size = test_size(teacher)
     run_dirs = comparison_runs(runs, teacher)
     rows = summary_rows(dict(runs), Path(teacher))
     costs: dict[str, dict] = {}  # measured once per architecture: distillation changes weights, not cost
@@ -225,6 +233,18 @@ def trimap_curves(runs: Mapping[tuple[str, int], Path], teacher: str | Path | No
         mean, std = mean_std_over_seeds([[r["trimap_curve"][str(w)] for w in widths] for r in results])
         curves[label] = {"widths": widths, "mean": mean, "std": std}
     return curves
+
+
+def eval_curve(run_dir: str | Path, metric: str = "mIoU") -> dict[str, np.ndarray]:
+    """A run's learning curve from its eval.jsonl: ``{"iteration", metric}`` arrays, in iteration
+    order (the run's `train.eval_interval` evaluations and its final one)."""
+    path = RunDir(Path(run_dir)).eval_log
+    if not path.exists():
+        raise ValueError(f"run_dir: {run_dir} has no eval.jsonl (trained with train.eval_interval=0?)")
+    records = sorted((json.loads(line) for line in path.read_text().splitlines() if line.strip()),
+                     key=lambda record: record["iteration"])
+    by_iteration = {record["iteration"]: record.get(metric, np.nan) for record in records}  # the last of repeats
+    return {"iteration": np.array(list(by_iteration)), metric: np.array(list(by_iteration.values()), dtype=np.float64)}
 
 
 def loss_terms(run_dir: str | Path) -> dict[str, np.ndarray]:

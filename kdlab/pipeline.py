@@ -14,8 +14,10 @@ A profile (``configs/profiles/<name>.yaml``) is configuration only::
 Runs live in ``<runs_root>/<profile>/<run name>`` (the runs root defaults to the project's
 ``runs/``, or ``$KDLAB_RUNS_ROOT``; relative paths anywhere in a profile are under the project
 root, `kdlab.paths`). `ensure_run` reuses a finished run whose resolved config (and recipe) is
-unchanged, wherever the runs root lives and whatever device it ran on, resumes an unfinished one,
-and retrains one whose config changed, after moving the old run aside (never deleting it). Runs that differ only in their recipe train as cohorts that share one teacher
+unchanged, wherever the runs root lives and whatever device it ran on, and resumes an unfinished one.
+A run whose config changed is moved aside to ``<name>.stale-<k>`` (never deleted) and trained again;
+a *finished* one only when asked (``retrain``), else it is a one-line `ConfigError` before any
+training. Runs that differ only in their recipe train as cohorts that share one teacher
 pass per batch (`cohorts`); with ``jobs`` > 1, that many cohorts train at a time, each worker
 with an equal share of the CPU threads.
 """
@@ -72,6 +74,7 @@ class Profile:
     analysis: dict
     runs_root: Path = Path("runs")
     jobs: int = 1
+    retrain: bool = False  # retrain finished runs whose config changed (else they are an error)
 
     @property
     def runs_dir(self) -> Path:
@@ -85,9 +88,10 @@ def profile_path(profile: str) -> Path:
 def load_profile(profile: str, runs_root: str | Path | None = None, figures_dir: str | None = None,
                  device: str = "auto", *, dataset: str | None = None, data_root: str | None = None,
                  recipes: list[str] | None = None, seeds: list[int] | None = None,
-                 jobs: int | None = None) -> Profile:
+                 jobs: int | None = None, retrain: bool = False) -> Profile:
     """The profile named (or at the path) `profile`; the keyword arguments, where given, replace its
-    dataset, dataset root, comparison recipes and seeds, and number of parallel runs (notebook parameters).
+    dataset, dataset root, comparison recipes and seeds, and number of parallel runs (notebook parameters);
+    ``retrain`` lets its finished runs whose config changed be set aside and trained again.
     ``runs_root`` None is `kdlab.paths.default_runs_root`; ``figures_dir`` None is the profile's
     ``figures_dir`` (``{runs_dir}`` in it stands for this profile's runs directory; default
     ``{runs_dir}/figures``), under the project root when relative."""
@@ -118,6 +122,7 @@ def load_profile(profile: str, runs_root: str | Path | None = None, figures_dir:
         ablations=dict(tree.get("ablations", {})), ablation_seeds=list(ablation.get("seeds", [0])),
         ablation_overrides=list(ablation.get("overrides", [])),
         figures_dir=figures_dir, analysis=dict(tree.get("analysis", {})), runs_root=runs_root, jobs=jobs,
+        retrain=retrain,
     )
 
 
@@ -176,9 +181,33 @@ def run_state(cfg: RunConfig) -> str:
     same_recipe = (recipe_file.read_text() if recipe_file.exists() else "") == _recipe_text(cfg)
     if config_changes(config_from_dict(read_yaml(run.config)), cfg) or not same_recipe:
         return "stale"
-    if run.results.exists() or (run.path / DIVERGED).exists():
+    if is_finished(run.path):
         return "done"
     return "partial" if run.checkpoint.exists() else "stale"
+
+
+def is_finished(run_dir: Path) -> bool:
+    return (run_dir / "results.json").exists() or (run_dir / DIVERGED).exists()
+
+
+def _changed_keys(cfg: RunConfig) -> list[str]:
+    old = config_from_dict(read_yaml(RunDir(cfg.run_dir).config))
+    return config_changes(old, cfg) or ["the recipe"]
+
+
+def _listed(keys: list[str]) -> str:
+    return ", ".join(keys[:4]) + (", ..." if len(keys) > 4 else "")
+
+
+def refuse_stale_finished(configs: list[RunConfig], retrain: bool = False) -> None:
+    """A `ConfigError` naming the first finished run of `configs` whose config changed since it ran,
+    unless `retrain`: such a run is retrained (after `set_aside`) only when asked."""
+    stale = [cfg for cfg in configs if run_state(cfg) == "stale" and is_finished(cfg.run_dir)]
+    if stale and not retrain:
+        more = f" (and {len(stale) - 1} more)" if len(stale) > 1 else ""
+        raise ConfigError(f"{stale[0].run_dir}: finished under another config ({_listed(_changed_keys(stale[0]))})"
+                          f"{more}; it is kept as it is. To keep it as <name>.stale-<k> and train it again, pass "
+                          f"--retrain (notebooks: retrain = True)")
 
 
 MAX_COHORT = 12  # runs trained together in one process; each holds its weights and optimiser state
@@ -218,19 +247,19 @@ def ensure_cohort(cfgs: list[RunConfig], progress: bool = True) -> None:
 def set_aside(cfg: RunConfig) -> Path:
     """Move the stale run directory of ``cfg`` to ``<name>.stale-<k>`` beside it (kept, never
     deleted), saying why; returns the new place."""
-    old = config_from_dict(read_yaml(RunDir(cfg.run_dir).config))
-    changed = config_changes(old, cfg) or ["the recipe"]
+    changed = _changed_keys(cfg)
     k = 1
     while (aside := cfg.run_dir.with_name(f"{cfg.run_dir.name}.stale-{k}")).exists():
         k += 1
     cfg.run_dir.rename(aside)
-    print(f"{cfg.run_dir}: its config changed ({', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''}); "
-          f"the old run is kept as {aside.name}, retraining")
+    print(f"{cfg.run_dir}: its config changed ({_listed(changed)}); the old run is kept as {aside.name}, retraining")
     return aside
 
 
-def ensure_run(cfg: RunConfig, progress: bool = True) -> Path:
-    """Train the run described by `cfg` unless an identical finished run exists; returns its directory."""
+def ensure_run(cfg: RunConfig, progress: bool = True, retrain: bool = False) -> Path:
+    """Train the run described by `cfg` unless an identical finished run exists; returns its directory.
+    A finished run with another config is retrained only with `retrain` (`refuse_stale_finished`)."""
+    refuse_stale_finished([cfg], retrain)
     if run_state(cfg) != "done":
         ensure_cohort([cfg], progress)
     return cfg.run_dir
@@ -252,11 +281,13 @@ def _train_quietly(cfgs: list[RunConfig]) -> list[str]:
     return [cfg.name for cfg in cfgs]
 
 
-def ensure_runs(configs: list[RunConfig], jobs: int = 1, progress: bool = True) -> None:
-    """Train every run of `configs` that is not done, in cohorts (`cohorts`), `jobs` cohorts at a time.
+def ensure_runs(configs: list[RunConfig], jobs: int = 1, progress: bool = True, retrain: bool = False) -> None:
+    """Train every run of `configs` that is not done, in cohorts (`cohorts`), `jobs` cohorts at a time;
+    finished runs with another config only with `retrain` (`refuse_stale_finished`).
     Parallel cohorts train in spawned worker processes with an equal share of the CPU threads (the
     progress bar counts runs and names the last cohort finished); an error (or an interrupt) in any of
     them stops them all."""
+    refuse_stale_finished(configs, retrain)
     todo = cohorts([cfg for cfg in configs if run_state(cfg) != "done"], jobs)
     if jobs == 1 or len(todo) < 2:
         for cfgs in todo:
@@ -277,7 +308,7 @@ def ensure_runs(configs: list[RunConfig], jobs: int = 1, progress: bool = True) 
 
 
 def ensure_teacher(profile: Profile, progress: bool = True) -> Path:
-    return ensure_run(teacher_config(profile), progress)
+    return ensure_run(teacher_config(profile), progress, profile.retrain)
 
 
 def student_configs(profile: Profile, recipes: dict[str, str | None], seeds: list[int],
@@ -288,26 +319,40 @@ def student_configs(profile: Profile, recipes: dict[str, str | None], seeds: lis
 
 
 def ensure_students(profile: Profile, configs: list[RunConfig], progress: bool = True) -> None:
-    """Train what `configs` needs: the teacher first if any of them distills, then every student."""
-    if any(cfg.distill.recipe for cfg in configs):
-        ensure_teacher(profile, progress)
-    ensure_runs(configs, profile.jobs, progress)
+    """Train what `configs` needs: the teacher first if any of them distills, then every student
+    (nothing, if a finished run among them changed and the profile does not say ``retrain``)."""
+    teacher = [teacher_config(profile)] if any(cfg.distill.recipe for cfg in configs) else []
+    refuse_stale_finished([*teacher, *configs], profile.retrain)
+    if teacher:
+        ensure_run(teacher[0], progress, profile.retrain)
+    ensure_runs(configs, profile.jobs, progress, profile.retrain)
+
+
+def profile_configs(profile: Profile) -> list[RunConfig]:
+    """Every run the profile trains: teacher, comparison and ablations."""
+    students = [*comparison_configs(profile).values(),
+                *(cfg for group in profile.ablations for cfg in ablation_configs(profile, group, write=False).values())]
+    return [teacher_config(profile), *students]
 
 
 def _run_dirs(configs: dict[tuple[str, int], RunConfig]) -> dict[tuple[str, int], Path]:
     return {key: cfg.run_dir for key, cfg in configs.items()}
 
 
+def comparison_configs(profile: Profile) -> dict[tuple[str, int], RunConfig]:
+    """(label, seed) → config of the student baseline and of every recipe of the method comparison."""
+    return student_configs(profile, {"baseline": None, **{name: name for name in profile.recipes}}, profile.seeds)
+
+
 def ensure_comparison(profile: Profile, progress: bool = True) -> dict[tuple[str, int], Path]:
     """Teacher, student baseline and every recipe of the profile's method comparison:
     (label, seed) → run directory."""
-    recipes = {"baseline": None, **{name: name for name in profile.recipes}}
-    configs = student_configs(profile, recipes, profile.seeds)
+    configs = comparison_configs(profile)
     ensure_students(profile, list(configs.values()), progress)
     return _run_dirs(configs)
 
 
-def ablation_configs(profile: Profile, group: str) -> dict[tuple[str, int], RunConfig]:
+def ablation_configs(profile: Profile, group: str, write: bool = True) -> dict[tuple[str, int], RunConfig]:
     """One ablation group plus a baseline on the same schedule. Ablations with schedule overrides
     live in `<profile>/ablations/`; without, they share the comparison's runs (same recipe and
     seed = the same run, trained once)."""
@@ -315,7 +360,7 @@ def ablation_configs(profile: Profile, group: str) -> dict[tuple[str, int], RunC
         raise ConfigError(f"profile {profile.name!r}: no ablation group {group!r}; groups: {sorted(profile.ablations)}")
     out_dir = profile.runs_dir / "ablations" if profile.ablation_overrides else profile.runs_dir
     overrides = [*profile.ablation_overrides, f"out_dir={out_dir}"]
-    recipes = {"baseline": None, **ablation_recipes(profile, group)}
+    recipes = {"baseline": None, **ablation_recipes(profile, group, write)}
     return student_configs(profile, recipes, profile.ablation_seeds, overrides)
 
 
@@ -328,7 +373,7 @@ def ensure_ablations(profile: Profile, progress: bool = True) -> dict[str, dict[
     return {group: _run_dirs(configs) for group, configs in groups.items()}
 
 
-def ablation_recipes(profile: Profile, group: str) -> dict[str, str]:
+def ablation_recipes(profile: Profile, group: str, write: bool = True) -> dict[str, str]:
     """label → recipe of an ablation group: a list of recipe names, or a sweep
     ``{base: bpkd, vary: {options.edge_width: [3, 5, 7]}}`` over the first method of a recipe
     (the value the base recipe already has is the base recipe itself, trained once)."""
@@ -339,13 +384,14 @@ def ablation_recipes(profile: Profile, group: str) -> dict[str, str]:
         raise ConfigError(f"profile {profile.name!r}: ablations.{group} must be a list of recipes or "
                           f"{{base: recipe, vary: {{key: [values]}}}}")
     (key, values), = spec["vary"].items()
-    return {f"{spec['base']}@{key.split('.')[-1]}={value}": derived_recipe(profile, spec["base"], key, value)
+    return {f"{spec['base']}@{key.split('.')[-1]}={value}": derived_recipe(profile, spec["base"], key, value, write)
             for value in values}
 
 
-def derived_recipe(profile: Profile, base: str, key: str, value) -> str:
+def derived_recipe(profile: Profile, base: str, key: str, value, write: bool = True) -> str:
     """Recipe `base` with `key` (dotted, inside its first method entry) set to `value`: `base` itself
-    where it already has that value, else the path of a derived copy."""
+    where it already has that value, else the path of a derived copy (written unless `write` is False:
+    the path alone names the run)."""
     tree = read_yaml(recipe_path(base))
     node = tree["methods"][0]
     *parents, leaf = key.split(".")
@@ -357,7 +403,7 @@ def derived_recipe(profile: Profile, base: str, key: str, value) -> str:
     tree["description"] = f"{tree.get('description', base)} [{key}={value}]"
     path = profile.runs_dir / "recipes" / f"{base}@{key.split('.')[-1]}={value}.yaml"
     text = yaml.safe_dump(tree, sort_keys=False)
-    if not path.exists() or path.read_text() != text:
+    if write and (not path.exists() or path.read_text() != text):
         atomic_write_text(path, text)
     return str(path)
 

@@ -47,10 +47,10 @@ def test_a_cohort_runs_the_teacher_once_per_batch(tiny_overrides, tiny_teacher, 
     load = distill.load_teacher
 
     def counted(cfg, meta, device):
-        teacher = load(cfg, meta, device)
+        teacher, digest = load(cfg, meta, device)
         forward = teacher.forward_taps
         teacher.forward_taps = lambda x, taps=(): calls.append(set(taps)) or forward(x, taps)
-        return teacher
+        return teacher, digest
 
     monkeypatch.setattr(distill, "load_teacher", counted)
     cfgs = [_config(tiny_overrides, tiny_teacher, r, f"count-{r}") for r in ("kd", "bpkd", "ppd")]

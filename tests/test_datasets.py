@@ -353,3 +353,39 @@ def test_loaders_only_read(fixture_tree):
     finally:
         os.chmod(root, 0o755)
     assert tree_state(root) == before
+
+
+def _run_config(tmp_path, name, root, *overrides):
+    from kdlab.config import dump_config, load_config
+
+    cfg = load_config(["configs/student.yaml"], [f"data.name={name}", f"data.root={root}", f"out_dir={tmp_path}",
+                                                 *overrides])
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "config.yaml").write_text(dump_config(cfg))
+    return cfg
+
+
+def test_the_training_and_evaluation_splits_can_be_chosen(tmp_path):
+    from kdlab.engine import build_data
+
+    fixture = write_fixture("voc_aug", tmp_path / "voc")
+    usual = _run_config(tmp_path, "voc_aug", fixture.folder)
+    assert len(build_data(usual)[0]) == SPLIT_SIZES["voc_aug"]["train_aug"]  # voc_aug's usual training split
+    chosen = _run_config(tmp_path, "voc_aug", fixture.folder, "name=ppd", "data.train_split=train",
+                         "data.eval_split=train")
+    train_set, val_set, _ = build_data(chosen)
+    assert train_set.ids == val_set.ids == fixture.ids("train")
+    for key in ("train_split", "eval_split"):
+        wrong = _run_config(tmp_path, "voc_aug", fixture.folder, f"name=wrong-{key}", f"data.{key}=trian")
+        with pytest.raises(ConfigError, match=rf"^data\.{key}: voc_aug has no split 'trian'; choose one of train, "):
+            build_data(wrong)
+
+
+def test_costs_are_measured_at_the_datasets_test_size(tmp_path):
+    from kdlab.inspection import test_size
+
+    fixture = write_fixture("cityscapes", tmp_path / "cs", sizes=((20, 40),))
+    assert test_size(_run_config(tmp_path, "cityscapes", fixture.folder).run_dir) == (20, 40)
+    # keep-ratio into [100, 50]: x2.5 (the short side reaches 50 first)
+    resized = _run_config(tmp_path, "cityscapes", fixture.folder, "name=resized", "eval.resize=[100, 50]")
+    assert test_size(resized.run_dir) == (50, 100)

@@ -14,6 +14,7 @@ from kdlab.config import load_config
 from kdlab.engine import IterationBatches, train
 from kdlab.errors import ConfigError
 
+ROOT = Path(__file__).resolve().parent.parent
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 SCORES = ("mIoU", "mAcc", "aAcc", "trimap_mIoU", "edge_pixel_accuracy", "body_mIoU")
 # A global batch of 4 (2 per rank); 6 validation images in batches of 2, so each rank scores some of them.
@@ -92,3 +93,13 @@ def test_ranks_take_disjoint_slices_of_the_same_global_batch():
     for global_batch, *slices in zip(alone, *world):
         assert [pair for s in slices for pair in s] == global_batch
         assert all(len(s) == 2 for s in slices)
+
+
+@pytest.mark.parametrize("bad, expected", [(["train.lr=fast"], "kdlab: error: "),
+                                           (["--bogus"], "kdlab: error: unrecognized arguments: --bogus")])
+def test_a_user_input_error_under_torchrun_is_one_line_not_one_per_process(bad, expected, tmp_path):
+    result = torchrun(["train", "-c", "configs/student.yaml", f"out_dir={tmp_path / 'runs'}", *bad], ROOT)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("kdlab: error:")]
+    assert len(lines) == 1 and lines[0].startswith(expected), result.stderr[-2000:]
+    assert not (tmp_path / "runs").exists()

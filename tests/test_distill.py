@@ -129,3 +129,27 @@ def test_a_recipe_value_of_the_wrong_type_is_one_line_naming_it(tmp_path, entry,
     path.write_text(f"methods:\n  - {entry}\n")
     with pytest.raises(ConfigError, match=rf"bad.yaml: methods\[0\]: .*{message}"):
         load_recipe(str(path))
+
+
+def test_a_distilled_checkpoint_names_its_teacher_by_hash_instead_of_copying_it(tiny_overrides, tiny_teacher,
+                                                                                tmp_path):
+    import shutil
+
+    from kdlab.checkpoint import HASH_KEY, load_checkpoint
+
+    teacher_copy = tmp_path / "teacher-copy"
+    shutil.copytree(tiny_teacher, teacher_copy)
+    cfg = load_config(["configs/student.yaml"], tiny_overrides + [f"distill.teacher={teacher_copy}",
+                                                                 "distill.recipe=kd", "train.iterations=4"])
+    run = train(cfg, until=2, objective_factory=distill_objective, progress=False)
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert not [key for key in state["objective"] if key.startswith("teacher.")]
+    teacher_hash = load_checkpoint(teacher_copy / "checkpoints" / "last.pt")[HASH_KEY]
+    assert state["objective_extra"]["teacher_sha256"] == teacher_hash
+    # Another teacher at the same path: refused on resume, before training on.
+    other = load_checkpoint(teacher_copy / "checkpoints" / "last.pt")
+    other["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in other["model"].items()}
+    save_checkpoint(teacher_copy / "checkpoints" / "last.pt", {k: v for k, v in other.items() if k != HASH_KEY})
+    with pytest.raises(CheckpointError, match="distill.teacher: not the teacher this run started with"):
+        train(cfg, resume=True, objective_factory=distill_objective, progress=False)
+    assert json.loads((run / "log.jsonl").read_text().splitlines()[-1])["iteration"] == 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,8 @@ import yaml
 
 from kdlab.cli import main
 from kdlab.config import load_config
+from kdlab.distill import distill_objective
+from kdlab.engine import train_cohort
 from kdlab.data.datasets.fixtures import write_fixture
 from kdlab.paths import project_root
 
@@ -65,7 +68,9 @@ def shrink_overrides(config: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("paper")
+    workdir = tmp_path_factory.mktemp("paper")
+    yield workdir
+    shutil.rmtree(workdir / "runs", ignore_errors=True)  # ~13 GB of paper-size checkpoints
 
 
 @functools.cache
@@ -169,15 +174,29 @@ def _recipe_runs() -> list[tuple[str, dict]]:
     return list(runs.items())
 
 
-@pytest.mark.parametrize("recipe, pair", _recipe_runs(), ids=lambda v: Path(v).stem if isinstance(v, str) else "")
-def test_recipe_dry_run(workdir, recipe, pair):
+def _recipe_cohorts() -> list[tuple[dict, list[str]]]:
+    """The recipes of `_recipe_runs` grouped by their pair: each group dry-runs as one cohort."""
+    groups: dict[str, tuple[dict, list[str]]] = {}
+    for recipe, pair in _recipe_runs():
+        groups.setdefault(pair["student"], (pair, []))[1].append(recipe)
+    return list(groups.values())
+
+
+@pytest.mark.parametrize("pair, recipes", _recipe_cohorts(),
+                         ids=lambda v: _run_name(v["student"]) if isinstance(v, dict) else str(len(v)))
+def test_recipe_dry_runs(workdir, pair, recipes):
+    """Every other recipe on its pair, trained as one cohort (one data stream and teacher pass, as the
+    paper profile trains them; `kdlab.engine.train_cohort`)."""
     teacher = _teacher_run(workdir, pair["teacher"])
     config = pair["student"]
-    name = f"{_run_name(config)}-{Path(recipe).stem}"
-    assert main(["distill", "-c", config, "--recipe", recipe, "--teacher", str(teacher), *shrink_overrides(config),
-                 f"data.root={_fixture_root(workdir, pair['dataset'])}", f"out_dir={workdir / 'runs'}",
-                 f"name={name}"]) == 0
-    _check_run(workdir / "runs" / name, config)
+    overrides = [*shrink_overrides(config), f"data.root={_fixture_root(workdir, pair['dataset'])}",
+                 f"out_dir={workdir / 'runs'}", f"distill.teacher={teacher}"]
+    cfgs = [load_config([config], [*overrides, f"name={_run_name(config)}-{Path(recipe).stem}",
+                                   f"distill.recipe={recipe}"]) for recipe in recipes]
+    outcomes = train_cohort(cfgs, objective_factory=distill_objective, progress=False)
+    for recipe, cfg, outcome in zip(recipes, cfgs, outcomes):
+        assert isinstance(outcome, Path), f"{recipe}: {outcome}"
+        _check_run(cfg.run_dir, config)
 
 
 def test_paper_profile_resolves(tmp_path):

@@ -1,6 +1,8 @@
 """Paths in profiles, configs and recipes are under the project root, whatever the working directory."""
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,16 +74,48 @@ def test_a_run_is_the_same_run_on_another_device_or_after_its_runs_root_moved(tm
     assert pipeline.config_changes(cfg, changed) == ["train.lr"]
 
 
-def test_a_stale_run_is_moved_aside_never_deleted(tiny_data_root, tmp_path, capsys):
-    prof = pipeline.load_profile("quick", tmp_path / "runs")
+def _finished_run_and_a_changed_config(tiny_data_root, runs_root):
+    prof = pipeline.load_profile("quick", runs_root)
     overrides = [f"data.root={tiny_data_root}", "train.iterations=1"]
     cfg = pipeline.student_config(prof, 0, overrides=overrides)
     pipeline.ensure_run(cfg, progress=False)
     (cfg.run_dir / "notes.txt").write_text("a user's file")
-    changed = pipeline.student_config(prof, 0, overrides=[*overrides, "train.lr=0.02"])
+    return cfg, pipeline.student_config(prof, 0, overrides=[*overrides, "train.lr=0.02"])
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_finished_run_whose_config_changed_is_kept_unless_retraining_is_asked(tiny_data_root, tmp_path):
+    cfg, changed = _finished_run_and_a_changed_config(tiny_data_root, tmp_path / "runs")
+    before = _snapshot(tmp_path / "runs")
     assert pipeline.run_state(changed) == "stale"
-    pipeline.ensure_run(changed, progress=False)
+    with pytest.raises(ConfigError, match=r"baseline-s0: finished under another config \(train.lr\).*--retrain"):
+        pipeline.ensure_run(changed, progress=False)
+    with pytest.raises(ConfigError, match="--retrain"):
+        pipeline.ensure_runs([changed], progress=False)
+    assert _snapshot(tmp_path / "runs") == before
+
+
+def test_a_stale_run_is_moved_aside_never_deleted_when_retraining(tiny_data_root, tmp_path, capsys):
+    cfg, changed = _finished_run_and_a_changed_config(tiny_data_root, tmp_path / "runs")
+    pipeline.ensure_run(changed, progress=False, retrain=True)
     aside = cfg.run_dir.with_name("baseline-s0.stale-1")
     assert (aside / "notes.txt").read_text() == "a user's file" and (aside / "results.json").exists()
     assert pipeline.run_state(changed) == "done"
     assert "train.lr" in capsys.readouterr().out
+
+
+def test_make_figures_refuses_a_stale_finished_run_before_any_notebook(tiny_data_root, tmp_path):
+    prof = pipeline.load_profile("quick", tmp_path / "runs")
+    teacher = pipeline.run_config(prof, prof.teacher, "teacher", [f"data.root={tiny_data_root}", "train.iterations=1"])
+    pipeline.ensure_run(teacher, progress=False)
+    before = _snapshot(tmp_path / "runs")
+    done = subprocess.run([sys.executable, "-m", "kdlab.figures", "--profile", "quick", "--runs-root",
+                           str(tmp_path / "runs")], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "quick/teacher: finished under another config (data.root" in lines[0], lines
+    assert "--retrain" in lines[0]
+    assert _snapshot(tmp_path / "runs") == before

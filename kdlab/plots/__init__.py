@@ -7,7 +7,8 @@
 - `edge_masks` (edge_masks_<i>), `boundaries` (decoupled_logits, bcd_boundaries),
   `qualitative` (qualitative, prediction_overlays), `discriminator_scores`: notebook 06;
 - `ablations` (ablation_<group> sweeps): notebook 07;
-- `dataset_preview` (`kdlab data preview`).
+- `dataset_preview` (`kdlab data preview`);
+- `learning_curves` (the convergence study, `scripts/convergence.sh`).
 
 The explorer's figure (explorer_snapshot, notebook 08) is `kdlab.explorer`. The shared helpers are
 `kdlab.plots._common`; `save_figure` and `write_table` are re-exported here.

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Issue 15's convergence study on the embedded benchmark: learning curves of the default student at three
+# learning rates, of the teacher, and of the METHODS.md section 0 student (PSPNet-R18, encoder_depth 5,
+# output stride 8), then the figure and table (python -m kdlab.plots.learning_curves).
+#   bash scripts/convergence.sh [RUNS_DIR] [FIGURES_DIR]     (default: runs/convergence, figures/convergence)
+# Runs are resumed where an earlier call stopped; finished runs are kept. About 1.5 h on 2 CPU cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=$(realpath -m "${1:-runs/convergence}")
+FIGURES=$(realpath -m "${2:-figures/convergence}")
+KDLAB="${PYTHON:-.venv/bin/python} -m kdlab"
+STUDENT=(train.iterations=2400 train.eval_interval=200 train.checkpoint_interval=400)
+
+run() {  # run NAME CONFIG OVERRIDES...: train, resume or skip
+  local name=$1 config=$2
+  shift 2
+  if [[ -f $OUT/$name/results.json ]]; then
+    echo "$name: finished"
+  elif [[ -f $OUT/$name/config.yaml ]]; then
+    $KDLAB train --resume "$OUT/$name"
+  else
+    $KDLAB train -c "$config" "name=$name" "out_dir=$OUT" "$@"
+  fi
+}
+
+for lr in 0.01 0.02 0.005; do
+  run "curve-lr$lr" configs/student.yaml "${STUDENT[@]}" "train.lr=$lr"
+done
+run teacher-curve configs/teacher.yaml train.iterations=4000 train.eval_interval=500 train.checkpoint_interval=500
+run curve-d8-lr0.01 configs/student.yaml "${STUDENT[@]}" model.encoder_depth=5 model.output_stride=8
+${PYTHON:-.venv/bin/python} -m kdlab.plots.learning_curves "$FIGURES" "$OUT"/curve-lr0.01 "$OUT"/curve-lr0.02 \
+  "$OUT"/curve-lr0.005 "$OUT"/teacher-curve "$OUT"/curve-d8-lr0.01
