@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Issue 15's convergence study on the embedded benchmark: learning curves of the default student at three
-# learning rates, of the teacher, and of the METHODS.md section 0 student (PSPNet-R18, encoder_depth 5,
-# output stride 8), then the figure and table (python -m kdlab.plots.learning_curves).
+# learning rates (2400 iterations) and at 4800, of the teacher (4000), and of the METHODS.md section 0
+# student (PSPNet-R18, encoder_depth 5, output stride 8), then the figure and table
+# (python -m kdlab.plots.learning_curves).
 #   bash scripts/convergence.sh [RUNS_DIR] [FIGURES_DIR]     (default: runs/convergence, figures/convergence)
-# Runs are resumed where an earlier call stopped; finished runs are kept. About 1.5 h on 2 CPU cores.
+# Runs are resumed where an earlier call stopped; finished runs are kept. About 3 h on 2 quiet CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=$(realpath -m "${1:-runs/convergence}")
@@ -26,7 +27,8 @@ run() {  # run NAME CONFIG OVERRIDES...: train, resume or skip
 for lr in 0.01 0.02 0.005; do
   run "curve-lr$lr" configs/student.yaml "${STUDENT[@]}" "train.lr=$lr"
 done
+run curve-lr0.01-4800 configs/student.yaml train.iterations=4800 train.eval_interval=400 train.checkpoint_interval=400
 run teacher-curve configs/teacher.yaml train.iterations=4000 train.eval_interval=500 train.checkpoint_interval=500
 run curve-d8-lr0.01 configs/student.yaml "${STUDENT[@]}" model.encoder_depth=5 model.output_stride=8
 ${PYTHON:-.venv/bin/python} -m kdlab.plots.learning_curves "$FIGURES" "$OUT"/curve-lr0.01 "$OUT"/curve-lr0.02 \
-  "$OUT"/curve-lr0.005 "$OUT"/teacher-curve "$OUT"/curve-d8-lr0.01
+  "$OUT"/curve-lr0.005 "$OUT"/curve-lr0.01-4800 "$OUT"/teacher-curve "$OUT"/curve-d8-lr0.01

@@ -1,6 +1,11 @@
 """Shared fixtures: tiny models and a tiny embedded benchmark, built once per session."""
 
+import os
+import subprocess
+import sys
+import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,3 +45,20 @@ def tiny_teacher(tiny_data_root, tmp_path_factory):
                                                  "model.encoder=resnet18", "train.iterations=3", "train.batch_size=4",
                                                  "train.eval_interval=0"])
     return train(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def quick_runs(tmp_path_factory):
+    """The quick profile's runs, as 01_train trains them (two at a time), in a runs root of the session:
+    the notebook and browser tests share them. Returns (runs root, seconds it took)."""
+    workdir = tmp_path_factory.mktemp("quick")
+    runs = workdir / "runs"
+    tic = time.perf_counter()
+    command = [sys.executable, "-m", "kdlab.figures", "--profile", "quick", "--only", "01_train", "--jobs", "2",
+               "--runs-root", str(runs), "--figures-dir", str(workdir / "figures")]
+    env = {**os.environ, "KDLAB_RUNS_ROOT": str(runs), "IPYTHONDIR": str(workdir / "ipython"),
+           "JUPYTER_RUNTIME_DIR": str(workdir / "runtime")}
+    done = subprocess.run(command, cwd=Path(__file__).resolve().parent.parent, env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, f"training the quick profile failed:\n{(done.stdout + done.stderr)[-4000:]}"
+    return runs, time.perf_counter() - tic

@@ -11,8 +11,6 @@ Skipped where Chromium or its driver is missing, except in CI (`.ci/run` install
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -37,25 +35,17 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def quick_runs(workdir):
-    """The quick profile's runs (what 01_train trains), in the test's own runs root."""
-    runs = workdir / "runs"
-    tic = time.perf_counter()
-    command = [sys.executable, "-m", "kdlab.figures", "--profile", "quick", "--only", "01_train",
-               "--runs-root", str(runs), "--figures-dir", str(workdir / "figures")]
-    env = {**os.environ, "KDLAB_RUNS_ROOT": str(runs), "IPYTHONDIR": str(workdir / "ipython"),
-           "JUPYTER_RUNTIME_DIR": str(workdir / "runtime")}
-    done = subprocess.run(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=1200)
-    assert done.returncode == 0, f"training the quick profile failed:\n{(done.stdout + done.stderr)[-4000:]}"
-    TIMES["train quick runs"] = time.perf_counter() - tic
+def trained(quick_runs):
+    """The quick profile's runs (conftest's `quick_runs`, shared with the notebook test)."""
+    runs, seconds = quick_runs
+    TIMES["train quick runs"] = seconds
     return runs
 
 
 @pytest.fixture(scope="module")
-def lab(workdir, quick_runs):
+def lab(workdir, trained):
     tic = time.perf_counter()
-    server = bh.LabServer.start(ROOT, workdir / "jupyter", env={"KDLAB_RUNS_ROOT": str(quick_runs)})
+    server = bh.LabServer.start(ROOT, workdir / "jupyter", env={"KDLAB_RUNS_ROOT": str(trained)})
     TIMES["start JupyterLab"] = time.perf_counter() - tic
     try:
         yield server

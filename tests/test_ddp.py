@@ -95,11 +95,9 @@ def test_ranks_take_disjoint_slices_of_the_same_global_batch():
         assert all(len(s) == 2 for s in slices)
 
 
-@pytest.mark.parametrize("bad, expected", [(["train.lr=fast"], "kdlab: error: "),
-                                           (["--bogus"], "kdlab: error: unrecognized arguments: --bogus")])
-def test_a_user_input_error_under_torchrun_is_one_line_not_one_per_process(bad, expected, tmp_path):
-    result = torchrun(["train", "-c", "configs/student.yaml", f"out_dir={tmp_path / 'runs'}", *bad], ROOT)
+def test_a_user_input_error_under_torchrun_is_one_line_not_one_per_process(tmp_path):
+    result = torchrun(["train", "-c", "configs/student.yaml", f"out_dir={tmp_path / 'runs'}", "train.lr=fast"], ROOT)
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.startswith("kdlab: error:")]
-    assert len(lines) == 1 and lines[0].startswith(expected), result.stderr[-2000:]
+    assert len(lines) == 1 and "train.lr" in lines[0], result.stderr[-2000:]
     assert not (tmp_path / "runs").exists()

@@ -41,14 +41,16 @@ def test_notebooks_are_committed_clean_with_a_parameters_cell(path):
     assert all(len(c.source.splitlines()) <= 15 for c in code), "a long cell is a function missing from kdlab"
 
 
-def test_every_notebook_runs_on_the_quick_profile(tmp_path):
-    """Also with two runs trained at a time: worker processes spawned from the notebook kernels."""
+def test_every_notebook_runs_on_the_quick_profile(quick_runs, tmp_path):
+    """Also with two runs trained at a time (the ablations): worker processes spawned from the notebook
+    kernels. The comparison's runs come trained (`quick_runs`), so 01_train reuses them."""
+    runs, _seconds = quick_runs
     out = tmp_path / "figures"
-    assert figures.main(["--profile", "quick", "--runs-root", str(tmp_path / "runs"), "--figures-dir", str(out),
+    assert figures.main(["--profile", "quick", "--runs-root", str(runs), "--figures-dir", str(out),
                          "--jobs", "2"]) == 0
     assert set(figures.DEPENDENCIES) == {p.stem for p in NOTEBOOKS}
     for notebook in figures.DEPENDENCIES:
-        executed = nbformat.read(tmp_path / "runs" / "quick" / "notebooks" / f"{notebook}.ipynb", as_version=4)
+        executed = nbformat.read(runs / "quick" / "notebooks" / f"{notebook}.ipynb", as_version=4)
         injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
         assert "jobs = 2" in injected[0].source
     for stem in (s for stems in EXPECTED_FIGURES.values() for s in stems):
