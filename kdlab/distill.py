@@ -162,7 +162,6 @@ class DistillObjective(nn.Module):
         self.register_state_dict_post_hook(_without_teacher_weights)
         self.register_load_state_dict_pre_hook(_with_the_loaded_teacher)
 
-
     def train(self, mode: bool = True):
         super().train(mode)
         self.teacher.eval()
@@ -210,8 +209,9 @@ class DistillObjective(nn.Module):
         if saved and now and saved != now:
             raise CheckpointError(f"distill.teacher: not the teacher this run started with (its checkpoint's sha256 "
                                   f"is {now[:12]}..., the run's {saved[:12]}...); resume with the original teacher")
-        for name, value in state.get("methods", state if "teacher_sha256" not in state else {}).items():
-            self.methods[name].load_extra_state(value)  # (checkpoints before the sha256 held the methods' alone)
+        methods = state["methods"] if "methods" in state else state  # older checkpoints: the methods' alone
+        for name, value in methods.items():
+            self.methods[name].load_extra_state(value)
 
 
 def _without_teacher_weights(module: DistillObjective, state_dict: dict, prefix: str, _metadata) -> None:

@@ -91,7 +91,7 @@ def run_notebooks(profile: str, runs_root: str | None = None, figures_dir: str |
     """Execute the notebooks (all, or `only`) in dependency order; `changes` are the notebooks'
     dataset / data_root / recipes / seeds / jobs / retrain parameters, replacing the profile's own.
     A finished run whose config changed stops everything before the first notebook, unless retrain."""
-    changes = {key: value for key, value in (changes or {}).items() if value not in (None, False)}
+    changes = {key: value for key, value in (changes or {}).items() if value is not None and value is not False}
     prof = load_profile(profile, runs_root, figures_dir, **changes)
     refuse_stale_finished(profile_configs(prof), prof.retrain)
     out_dir = prof.runs_dir / "notebooks"
