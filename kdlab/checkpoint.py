@@ -120,12 +120,17 @@ def check_dataset_match(state: dict, dataset_meta: dict, path: str | Path, role:
         raise CheckpointError(f"{path}: {role} was trained on dataset {saved.get('name')!r} with other class names")
 
 
-def load_model_weights(model: torch.nn.Module, state_dict: dict, path: str | Path) -> None:
+def load_model_weights(model: torch.nn.Module, state_dict: dict, path: str | Path, what: str = "the model") -> None:
+    """`model.load_state_dict(state_dict)`; a mismatch is one CheckpointError line naming `path`."""
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as err:
-        first = str(err).splitlines()[0] if str(err) else "mismatch"
-        raise CheckpointError(f"{path}: weights do not fit the model ({first})") from err
+        # torch's first line only names the module; the second says which tensor and how.
+        detail = " ".join(line.strip() for line in str(err).splitlines()[:2]) or "mismatch"
+        raise CheckpointError(f"{path}: weights do not fit {what} ({detail})") from err
+
+
+OBJECTIVE = "this kdlab's distillation methods, whose parts changed since the run was trained: train it again"
 
 
 def model_from_checkpoint(path: str | Path, map_location="cpu") -> tuple[SegModel, dict]:

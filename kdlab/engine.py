@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm  # text bars: notebook widget bars stay invisible in headless papermill runs
 
 from kdlab import distributed as ddp
-from kdlab.checkpoint import (CHECKPOINT_NAME, check_dataset_match, load_checkpoint, load_model_weights,
+from kdlab.checkpoint import (CHECKPOINT_NAME, OBJECTIVE, check_dataset_match, load_checkpoint, load_model_weights,
                               save_checkpoint)
 from kdlab.config import RunConfig, config_from_dict, config_to_dict, dump_config, read_yaml
 from kdlab.data import (IGNORE_INDEX, SegmentationFolder, dataset_class, ensure_embedded, eval_transform,
@@ -209,8 +209,12 @@ def make_scaler(cfg: RunConfig, device: torch.device) -> torch.amp.GradScaler:
 
 
 def train_one_step(model: SegModel, objective: nn.Module, batch: dict, optimizer, scaler, cfg: RunConfig,
-                   iteration: int, device: torch.device) -> dict[str, float]:
-    """One optimisation step; under DDP the gradients (and the logged terms) are averaged over the ranks."""
+                   iteration: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """One optimisation step; under DDP the gradients (and the logged terms) are averaged over the ranks.
+
+    The logged terms (and ``grad_norm`` with ``train.grad_clip``) are returned as 0-d tensors on the
+    device: reading them waits for the device, so the caller reads a whole log interval at once
+    (`StepLog`) and the device runs ahead in between."""
     model.train()
     batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
     dtype = autocast_dtype(cfg, device)
@@ -218,20 +222,37 @@ def train_one_step(model: SegModel, objective: nn.Module, batch: dict, optimizer
         student = model.forward_taps(batch["image"], objective.student_taps)
         terms = objective(student, batch, iteration)
     # Averaged over the ranks: the log shows the global batch, and a NaN on one rank stops them all.
-    values = dict(zip(terms, ddp.all_reduce_mean(torch.stack([t.detach().float() for t in terms.values()])).tolist()))
-    if cfg.distill.check_finite:
-        check_finite(values, iteration)
+    values = dict(zip(terms, ddp.all_reduce_mean(torch.stack([t.detach().float() for t in terms.values()]))))
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(terms["loss"]).backward()
     ddp.all_reduce_grads(p for group in optimizer.param_groups for p in group["params"])
     if cfg.train.grad_clip:
         scaler.unscale_(optimizer)
-        values["grad_norm"] = float(nn.utils.clip_grad_norm_(
-            [p for group in optimizer.param_groups for p in group["params"]], cfg.train.grad_clip))
+        values["grad_norm"] = nn.utils.clip_grad_norm_(
+            [p for group in optimizer.param_groups for p in group["params"]], cfg.train.grad_clip).float()
     scaler.step(optimizer)
     scaler.update()
     ddp.broadcast_buffers(model, objective)  # BatchNorm statistics etc. as rank 0's (DDP's broadcast_buffers)
     return values
+
+
+@dataclass
+class StepLog:
+    """Log lines of the steps since the last `flush`, their terms still on the device; `flush` reads
+    them all with one device-to-host copy (`flush_log` checks and writes them)."""
+
+    lines: list[tuple[dict, dict[str, torch.Tensor]]] = field(default_factory=list)
+
+    def add(self, head: dict, values: dict[str, torch.Tensor]) -> None:
+        self.lines.append((head, values))
+
+    def flush(self) -> list[dict]:
+        if not self.lines:
+            return []
+        flat = iter(torch.stack([v for _, values in self.lines for v in values.values()]).tolist())
+        out = [{**head, **{name: next(flat) for name in values}} for head, values in self.lines]
+        self.lines = []
+        return out
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -444,7 +465,7 @@ def restore_training_state(path, model, objective, optimizer, scheduler, scaler,
     state = load_checkpoint(path)
     check_dataset_match(state, meta, path)
     load_model_weights(model, state["model"], path)
-    objective.load_state_dict(state["objective"])
+    load_model_weights(objective, state["objective"], path, OBJECTIVE)
     if hasattr(objective, "load_extra_state"):
         objective.load_extra_state(state["objective_extra"])
     optimizer.load_state_dict(state["optimizer"])
@@ -478,6 +499,7 @@ class Trainee:
     meta: dict
     start: int
     rng: dict = field(default_factory=dict)
+    log: StepLog = field(default_factory=StepLog)
 
     @contextmanager
     def own_rng(self):
@@ -563,27 +585,50 @@ def _build_cohort(cfgs: list[RunConfig], resume: bool, objective_factory: Object
 
 def _step(t: Trainee, batch: dict, iteration: int, device: torch.device, tic: float, progress: bool,
           val_set, end: int) -> dict[str, float]:
-    """One optimisation step of one run, with its logging, evaluation and checkpointing."""
+    """One optimisation step of one run, with its logging, evaluation and checkpointing; returns the
+    terms of the last log line written (None when the step wrote none)."""
     cfg = t.cfg
     with t.own_rng():
         lr = t.optimizer.param_groups[0]["lr"]
         values = train_one_step(t.model, t.objective, batch, t.optimizer, t.scaler, cfg, iteration, device)
         t.scheduler.step()
-        main = ddp.is_main()  # every rank steps and evaluates; rank 0 alone writes
-        if main:
-            t.run.append(t.run.log, {"iteration": iteration, "lr": lr,
-                                     "time_s": round(time.perf_counter() - tic, 3), **values})
-        if iteration == t.start + 1 and main:
-            report_start_terms(t.run, values, getattr(t.objective, "weights", {}), progress)
-        if cfg.train.eval_interval and iteration % cfg.train.eval_interval == 0 and iteration < end:
+        t.log.add({"iteration": iteration, "lr": lr, "time_s": round(time.perf_counter() - tic, 3)}, values)
+        evaluates = bool(cfg.train.eval_interval) and iteration % cfg.train.eval_interval == 0 and iteration < end
+        saves = iteration % cfg.train.checkpoint_interval == 0 and iteration < end
+        first = iteration == t.start + 1
+        written = None
+        if first or evaluates or saves or iteration == end or iteration % cfg.train.log_interval == 0:
+            written = flush_log(t)
+        if first and ddp.is_main():
+            report_start_terms(t.run, _terms(written[-1]), getattr(t.objective, "weights", {}), progress)
+        if evaluates:
             scores = evaluate(t.model, val_set, cfg, device, t.meta["num_classes"], progress)
-            if main:
+            if ddp.is_main():
                 t.run.append(t.run.eval_log, {"iteration": iteration, **summary(scores)})
-        if iteration % cfg.train.checkpoint_interval == 0 and iteration < end:
+        if saves:
             t.check_in_sync(iteration)
-            if main:
+            if ddp.is_main():
                 t.save(iteration)
-    return values
+    return _terms(written[-1]) if written else None
+
+
+def flush_log(t: Trainee) -> list[dict]:
+    """Write the run's pending log lines (rank 0; every rank checks them). The training loop calls it
+    every ``train.log_interval`` iterations, after the first step and before every evaluation and
+    checkpoint, so that no checkpoint is written past an unchecked NaN; in between the device runs
+    ahead. A NaN/inf term (``grad_norm`` aside: a float16 overflow is the loss scaler's to skip)
+    raises `NonFiniteLoss` naming its iteration, once the lines before it are written."""
+    lines = t.log.flush()
+    for line in lines:
+        if t.cfg.distill.check_finite:
+            check_finite({k: v for k, v in _terms(line).items() if k != "grad_norm"}, line["iteration"])
+        if ddp.is_main():
+            t.run.append(t.run.log, line)
+    return lines
+
+
+def _terms(line: dict) -> dict[str, float]:
+    return {k: v for k, v in line.items() if k not in ("iteration", "lr", "time_s")}
 
 
 def _finish(t: Trainee, end: int, val_set, device: torch.device, tic: float, cohort_size: int,
@@ -650,7 +695,7 @@ def train_cohort(cfgs: list[RunConfig], resume: bool = False, until: int | None 
             except NonFiniteLoss as err:
                 outcomes[t.cfg.name] = err
                 continue
-            if len(cfgs) == 1 and (iteration % first.train.log_interval == 0 or iteration == 1):
+            if len(cfgs) == 1 and values and (iteration % first.train.log_interval == 0 or iteration == 1):
                 bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()})
         bar.update(1)
     bar.close()

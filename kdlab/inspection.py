@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kdlab.analysis import (class_activation_map, decoupled_logits, edge_masks, entropy_summary,
                             first_layer_entropy, mean_std_over_seeds)
-from kdlab.checkpoint import load_checkpoint, model_from_state
+from kdlab.checkpoint import OBJECTIVE, load_checkpoint, load_model_weights, model_from_state
 from kdlab.data import denormalize
 from kdlab.distill import DistillObjective, distill_objective, load_recipe
 from kdlab.engine import IGNORE_INDEX, RunDir, build_data, eval_size, run_config
@@ -368,7 +368,7 @@ def objective_from_run(run_dir: str | Path, device: str | torch.device = "auto")
     state = load_checkpoint(run_dir)
     student = model_from_state(state, run_dir).to(device).eval()
     objective = distill_objective(cfg, student, state["dataset"], device).to(device)
-    objective.load_state_dict(state["objective"])
+    load_model_weights(objective, state["objective"], run_dir, OBJECTIVE)
     return student, objective.eval()
 
 

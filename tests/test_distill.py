@@ -1,6 +1,7 @@
 """Distillation runs: every shipped recipe trains, logs its terms and lowers them; bad input fails early."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,54 @@ def test_a_distilled_checkpoint_names_its_teacher_by_hash_instead_of_copying_it(
     with pytest.raises(CheckpointError, match="distill.teacher: not the teacher this run started with"):
         train(cfg, resume=True, objective_factory=distill_objective, progress=False)
     assert json.loads((run / "log.jsonl").read_text().splitlines()[-1])["iteration"] == 2
+
+
+def test_a_checkpoint_whose_method_parts_changed_shape_is_one_line_naming_it(tiny_overrides, tiny_teacher, tmp_path):
+    """A run trained when SKD's discriminator had another layout (its last conv read 4·width channels)."""
+    from kdlab.checkpoint import HASH_KEY, load_checkpoint
+    from kdlab.inspection import objective_from_run
+
+    cfg = load_config(["configs/student.yaml"], tiny_overrides + [f"distill.teacher={tiny_teacher}",
+                                                                 "distill.recipe=skd_holistic", "train.iterations=2"])
+    run = train(cfg, objective_factory=distill_objective, progress=False)
+    path = run / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    key = next(k for k in state["objective"] if k.endswith("discriminator.net.6.bias"))
+    weight = key.replace(".bias", ".weight")
+    state["objective"][weight] = state["objective"][weight][:, : state["objective"][weight].shape[1] // 2]
+    save_checkpoint(path, {k: v for k, v in state.items() if k != HASH_KEY})
+    with pytest.raises(CheckpointError, match=rf"student: weights do not fit this kdlab's distillation methods, .*"
+                                              rf"train it again \(.*size mismatch"):
+        objective_from_run(run, device="cpu")
+
+
+def _log_lines(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_log_lines_are_the_same_when_read_from_the_device_once_per_log_interval(tiny_overrides, tiny_teacher):
+    logs = {}
+    for interval in (1, 4):
+        cfg = load_config(["configs/student.yaml"], tiny_overrides + [
+            f"distill.teacher={tiny_teacher}", "distill.recipe=kd", f"name=every-{interval}", "train.iterations=6",
+            "train.checkpoint_interval=1000", f"train.log_interval={interval}", "train.grad_clip=1.0"])
+        logs[interval] = [{k: v for k, v in line.items() if k != "time_s"}
+                          for line in _log_lines(train(cfg, objective_factory=distill_objective, progress=False))]
+    assert [line["iteration"] for line in logs[4]] == [1, 2, 3, 4, 5, 6]
+    assert "grad_norm" in logs[4][0] and "kd.pixel" in logs[4][0]
+    assert logs[1] == logs[4]
+
+
+def test_a_nan_found_at_a_later_log_line_names_its_iteration_and_no_checkpoint_passes_it(tiny_overrides,
+                                                                                         tiny_teacher):
+    cfg = load_config(["configs/student.yaml"], tiny_overrides + [
+        f"distill.teacher={tiny_teacher}", "distill.recipe=kd", "train.lr=1e30", "name=late-nan",
+        "train.iterations=12", "train.log_interval=100", "train.checkpoint_interval=3"])
+    with pytest.raises(NonFiniteLoss) as err:
+        train(cfg, objective_factory=distill_objective, progress=False)
+    # Read back after step 1 and before the checkpoint of step 3: a NaN at step 2 is found there.
+    assert err.value.iteration == 2
+    lines = _log_lines(cfg.run_dir)
+    assert [line["iteration"] for line in lines] == [1]
+    assert all(math.isfinite(v) for line in lines for v in line.values())
+    assert not (cfg.run_dir / "checkpoints" / "last.pt").exists()

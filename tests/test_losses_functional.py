@@ -794,6 +794,28 @@ def test_gradient_penalty_uses_one_interpolate_per_image(gen):
     assert penalty.item() == approx(mean(terms))
 
 
+def test_the_batched_critic_objective_equals_three_separate_critic_calls(gen):
+    """SKD's discriminator (eval mode: spectral norm without its power iteration, so both forms see one weight)."""
+    from kdlab.losses.skd_holistic import Discriminator
+
+    torch.manual_seed(0)
+    critic = Discriminator(C, width=4).double().eval()
+    with torch.no_grad():  # a non-zero attention scale, so the attention blocks count
+        for block in (critic.net[3], critic.net[5]):
+            block.gamma.fill_(0.5)
+    real, fake, image = randn(gen, N, C, 8, 8).softmax(1), randn(gen, N, C, 8, 8).softmax(1), randn(gen, N, 3, 32, 32)
+
+    def value_and_grads(loss):
+        return [loss.detach()] + list(torch.autograd.grad(loss, list(critic.parameters())))
+
+    batched = value_and_grads(K.critic_objective(critic, real, fake, image, 10.0, torch.Generator().manual_seed(3)))
+    separate = value_and_grads(K.wgan_critic_loss(critic(fake, image), critic(real, image))
+                               + 10.0 * K.gradient_penalty(critic, real, fake, image, torch.Generator().manual_seed(3)))
+    assert batched[0].item() != 0.0
+    for b, s in zip(batched, separate):
+        torch.testing.assert_close(b, s, rtol=1e-4, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # Common contract (METHODS.md section 7), over every student/teacher term
 # ---------------------------------------------------------------------------------------------

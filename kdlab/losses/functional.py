@@ -43,6 +43,7 @@ __all__ = [
     "ppd_pairwise_kd",
     "wgan_critic_loss",
     "gradient_penalty",
+    "critic_objective",
     "holistic_generator_loss",
 ]
 
@@ -192,8 +193,29 @@ def _sum_over_row_blocks(
     return total
 
 
+class _SimilaritySquaredError(torch.autograd.Function):
+    """``Σ_ij (s_iᵀs_j − t_iᵀt_j)²`` over all pairs, for ``N×C×L`` maps ``s`` and a constant ``t``.
+
+    The backward uses the symmetry of ``D = SᵀS − TᵀT``: ``∂/∂s = 4·s·D``, one batched product
+    where autograd's graph of ``sᵀs`` takes two."""
+
+    @staticmethod
+    def forward(ctx, s_unit, t_unit):
+        diff = s_unit.transpose(1, 2) @ s_unit - t_unit.transpose(1, 2) @ t_unit
+        ctx.save_for_backward(s_unit, diff)
+        return diff.pow(2).sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        s_unit, diff = ctx.saved_tensors
+        return (4 * grad) * (s_unit @ diff.to(s_unit.dtype)), None  # diff is in autocast's dtype
+
+
 def _similarity_block_squared_error(s_unit, t_unit, start: int, stop: int) -> torch.Tensor:
     """``Σ (a^s_ij − a^t_ij)²`` over rows ``i ∈ [start, stop)`` of the cosine-similarity matrices."""
+    if start == 0 and stop == s_unit.shape[-1]:
+        return _SimilaritySquaredError.apply(s_unit, t_unit)
     s_sim = s_unit[:, :, start:stop].transpose(1, 2) @ s_unit
     t_sim = t_unit[:, :, start:stop].transpose(1, 2) @ t_unit
     return (s_sim - t_sim).pow(2).sum()
@@ -708,6 +730,30 @@ def gradient_penalty(
     constants; ``critic(segmentation_map, image)`` is called with ``condition`` as the image.
     The graph is kept so the penalty can be back-propagated into the critic.
     """
+    interpolates = _interpolates(real, fake, condition, generator)
+    return _penalty(critic(interpolates, condition), interpolates)
+
+
+def critic_objective(
+    critic: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    condition: torch.Tensor,
+    penalty_weight: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The discriminator's loss of SKD Eq. 3: ``wgan_critic_loss(D(fake), D(real)) + penalty_weight ·
+    gradient_penalty(D, real, fake)``, with the three critic evaluations (fake, real and the
+    interpolates) in one call on a 3N batch. For a critic that scores each image on its own (no
+    batch statistics), the value and the critic's gradients are those of the three separate calls;
+    the same ``ε`` are drawn."""
+    interpolates = _interpolates(real, fake, condition, generator)
+    scores = critic(torch.cat([fake.detach(), real.detach(), interpolates]), condition.repeat(3, 1, 1, 1))
+    d_fake, d_real, d_interpolates = scores.split(real.shape[0])
+    return wgan_critic_loss(d_fake, d_real) + penalty_weight * _penalty(d_interpolates, interpolates)
+
+
+def _interpolates(real, fake, condition, generator) -> torch.Tensor:
     _check_4d(real, "real")
     if fake.shape != real.shape:
         raise ValueError(f"fake has shape {tuple(fake.shape)} but real has {tuple(real.shape)}")
@@ -715,8 +761,10 @@ def gradient_penalty(
     if condition.shape[0] != real.shape[0]:
         raise ValueError(f"condition has batch size {condition.shape[0]} but real has {real.shape[0]}")
     eps = torch.rand(real.shape[0], 1, 1, 1, generator=generator, device=real.device, dtype=real.dtype)
-    interpolates = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
-    scores = critic(interpolates, condition)
+    return (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
+
+
+def _penalty(scores: torch.Tensor, interpolates: torch.Tensor) -> torch.Tensor:
     (grads,) = torch.autograd.grad(scores.sum(), interpolates, create_graph=True)
     return (grads.flatten(1).norm(dim=1) - 1).pow(2).mean()
 

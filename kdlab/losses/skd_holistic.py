@@ -5,7 +5,6 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kdlab.distributed import all_reduce_grads
@@ -33,7 +32,13 @@ class SelfAttention(nn.Module):
 
 class Discriminator(nn.Module):
     """D(Q|I): the segmentation map concatenated with the RGB image; five convolutions with two
-    self-attention blocks between the last three; one score per image."""
+    self-attention blocks between the last three; one score per image (the mean of the last map).
+
+    Layout of SKD's released discriminator (after SAGAN's): each of the first four convolutions
+    halves the map and doubles the width (`width` … 8·`width`), so the attention blocks run on
+    1/8 and 1/16 of the input. Kernels are 3×3 with padding 1 (4×4 in the release), so maps of
+    any size stay at least 1 px; the last conv keeps its map's size and the score is its mean.
+    """
 
     def __init__(self, num_classes: int, width: int = 64):
         super().__init__()
@@ -43,13 +48,13 @@ class Discriminator(nn.Module):
                 nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1)), nn.LeakyReLU(0.2))
 
         self.net = nn.Sequential(
-            conv(num_classes + 3, width, 2), conv(width, width * 2, 2), conv(width * 2, width * 4, 1),
-            SelfAttention(width * 4), conv(width * 4, width * 4, 1), SelfAttention(width * 4),
-            nn.Conv2d(width * 4, 1, kernel_size=3, padding=1),
+            conv(num_classes + 3, width, 2), conv(width, width * 2, 2), conv(width * 2, width * 4, 2),
+            SelfAttention(width * 4), conv(width * 4, width * 8, 2), SelfAttention(width * 8),
+            nn.Conv2d(width * 8, 1, kernel_size=3, padding=1),
         )
 
     def forward(self, segmentation: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        image = F.interpolate(image, size=segmentation.shape[-2:], mode="bilinear", align_corners=False)
+        image = resize_to(image, segmentation)  # a no-op for an image already at the map's size
         return self.net(torch.cat([segmentation, image], 1)).mean((1, 2, 3))
 
 
@@ -80,9 +85,7 @@ class HolisticKD(DistillMethod):
 
     def discriminator_step(self, q_student: torch.Tensor, q_teacher: torch.Tensor, image: torch.Tensor) -> float:
         with trainable(self.discriminator), torch.autocast(image.device.type, enabled=False):
-            d_loss = KF.wgan_critic_loss(self.discriminator(q_student, image), self.discriminator(q_teacher, image))
-            d_loss = d_loss + GRADIENT_PENALTY_WEIGHT * KF.gradient_penalty(self.discriminator, q_teacher, q_student,
-                                                                            image)
+            d_loss = KF.critic_objective(self.discriminator, q_teacher, q_student, image, GRADIENT_PENALTY_WEIGHT)
             self.d_optimizer.zero_grad(set_to_none=True)
             d_loss.backward()
             all_reduce_grads(self.discriminator.parameters())  # DDP: one discriminator on every rank
@@ -90,9 +93,10 @@ class HolisticKD(DistillMethod):
         return d_loss.detach()
 
     def terms(self, student, teacher, batch, step):
-        image = batch["image"].float()
         q_s = torch.softmax(resize_to(student["logits"], teacher["logits"]).float(), 1)
         q_t = torch.softmax(teacher["logits"].float(), 1)
+        # Resized once here rather than in each of the discriminator's calls (the same values).
+        image = resize_to(batch["image"].float(), q_t)
         out = {}
         if self.training:
             out["critic"] = self.discriminator_step(q_s.detach(), q_t, image)

@@ -9,60 +9,53 @@ from kdlab.losses.base import DistillMethod, MethodContext, register, resize_to
 from kdlab.morphology import block_max
 
 
-def _shift_clamped(x: torch.Tensor, dim: int, step: int) -> torch.Tensor:
-    """``x`` at index ``i + step`` along ``dim`` (``step`` = ±1), the border index clamped."""
-    n = x.shape[dim]
-    if step < 0:
-        return torch.cat([x.narrow(dim, 0, 1), x.narrow(dim, 0, n - 1)], dim)
-    return torch.cat([x.narrow(dim, 1, n - 1), x.narrow(dim, n - 1, 1)], dim)
-
-
-def _add_shifted_clamped_(out: torch.Tensor, grad: torch.Tensor, dim: int, step: int) -> None:
-    """The adjoint of ``_shift_clamped``: ``out[i + step] += grad[i]`` (border index clamped)."""
-    n = grad.shape[dim]
-    if step < 0:
-        out.narrow(dim, 0, n - 1).add_(grad.narrow(dim, 1, n - 1))
-        out.narrow(dim, 0, 1).add_(grad.narrow(dim, 0, 1))
-    else:
-        out.narrow(dim, 1, n - 1).add_(grad.narrow(dim, 0, n - 1))
-        out.narrow(dim, n - 1, 1).add_(grad.narrow(dim, n - 1, 1))
+def _fold_replicate_padding_(grad: torch.Tensor) -> torch.Tensor:
+    """The adjoint of a 1-pixel replicate padding of the last two dimensions: the border rows and
+    columns of ``grad`` are added onto the ones they copy; returns the inner view."""
+    grad[..., 1, :] += grad[..., 0, :]
+    grad[..., -2, :] += grad[..., -1, :]
+    grad[..., :, 1] += grad[..., :, 0]
+    grad[..., :, -2] += grad[..., :, -1]
+    return grad[..., 1:-1, 1:-1]
 
 
 class _MaxPool2OfBilinearUp2(torch.autograd.Function):
-    """Forward as in `max_pool2_of_bilinear_up2`; the backward is written out (a handful of
-    element-wise ops on the small map, three boolean masks saved) instead of autograd's graph."""
+    """Forward as in `max_pool2_of_bilinear_up2`, on views of one replicate-padded copy of ``x``
+    (the clamped neighbours); the backward is written out (a few element-wise ops on the small map,
+    three boolean masks saved) instead of autograd's graph. Values are selected with
+    `torch.maximum`, which is several times faster than `torch.where` on the CPU; the masks
+    record which entry won (the first one on ties, as max-pooling)."""
 
     @staticmethod
     def forward(ctx, x):
-        phases = (torch.lerp(x, _shift_clamped(x, -1, -1), 0.25), torch.lerp(x, _shift_clamped(x, -1, 1), 0.25))
+        padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        centre = padded[..., 1:-1]
         rows, ups = [], []
-        for g in phases:
-            above, below = _shift_clamped(g, -2, -1), _shift_clamped(g, -2, 1)
-            up = above >= below  # ties: the window's first entry, as max-pooling
-            rows.append(torch.lerp(g, torch.where(up, above, below), 0.25))
-            ups.append(up)
+        for side in (padded[..., :-2], padded[..., 2:]):  # the two column phases, over all h + 2 rows
+            g = torch.lerp(centre, side, 0.25)
+            above, below = g[..., :-2, :], g[..., 2:, :]
+            ups.append(above >= below)
+            rows.append(torch.lerp(g[..., 1:-1, :], torch.maximum(above, below), 0.25))
         first = rows[0] >= rows[1]
         ctx.save_for_backward(first, *ups)
-        return torch.where(first, rows[0], rows[1])
+        return torch.maximum(rows[0], rows[1])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        first, *ups = ctx.saved_tensors
-        grad_rows = (grad * first, grad * ~first)
-        grad_x = None
-        for b, (grad_row, up) in enumerate(zip(grad_rows, ups)):
-            grad_g = 0.75 * grad_row
-            neighbour = 0.25 * grad_row
-            to_above = neighbour * up
-            _add_shifted_clamped_(grad_g, to_above, -2, -1)
-            _add_shifted_clamped_(grad_g, neighbour - to_above, -2, 1)
-            if grad_x is None:
-                grad_x = 0.75 * grad_g
-            else:
-                grad_x.add_(grad_g, alpha=0.75)
-            _add_shifted_clamped_(grad_x, 0.25 * grad_g, -1, -1 if b == 0 else 1)
-        return grad_x
+        first, *ups = (mask.to(grad.dtype) for mask in ctx.saved_tensors)  # bool × float would cast per op
+        height, width = grad.shape[-2:]
+        grad_padded = grad.new_zeros(*grad.shape[:-2], height + 2, width + 2)
+        grad_first = grad * first
+        for grad_row, up, side in ((grad_first, ups[0], slice(0, width)), (grad - grad_first, ups[1], slice(2, None))):
+            grad_g = grad.new_zeros(*grad.shape[:-2], height + 2, width)
+            grad_g[..., 1:-1, :].add_(grad_row, alpha=0.75)
+            to_above = grad_row * up
+            grad_g[..., :-2, :].add_(to_above, alpha=0.25)
+            grad_g[..., 2:, :].add_(grad_row - to_above, alpha=0.25)
+            grad_padded[..., 1:-1].add_(grad_g, alpha=0.75)
+            grad_padded[..., side].add_(grad_g, alpha=0.25)
+        return _fold_replicate_padding_(grad_padded)
 
 
 def max_pool2_of_bilinear_up2(x: torch.Tensor) -> torch.Tensor:
