@@ -743,14 +743,14 @@ def critic_objective(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """The discriminator's loss of SKD Eq. 3: ``wgan_critic_loss(D(fake), D(real)) + penalty_weight ·
-    gradient_penalty(D, real, fake)``, with the three critic evaluations (fake, real and the
-    interpolates) in one call on a 3N batch. For a critic that scores each image on its own (no
-    batch statistics), the value and the critic's gradients are those of the three separate calls;
-    the same ``ε`` are drawn."""
+    gradient_penalty(D, real, fake)``, with the fake and real maps scored in one call on a 2N
+    batch; the interpolates get their own call, as only their graph is differentiated twice. For a
+    critic that scores each image on its own (no batch statistics), the value and the critic's
+    gradients are those of three separate calls; the same ``ε`` are drawn."""
     interpolates = _interpolates(real, fake, condition, generator)
-    scores = critic(torch.cat([fake.detach(), real.detach(), interpolates]), condition.repeat(3, 1, 1, 1))
-    d_fake, d_real, d_interpolates = scores.split(real.shape[0])
-    return wgan_critic_loss(d_fake, d_real) + penalty_weight * _penalty(d_interpolates, interpolates)
+    pair = torch.cat([fake.detach(), real.detach()])
+    d_fake, d_real = critic(pair, condition.repeat(2, 1, 1, 1)).split(real.shape[0])
+    return wgan_critic_loss(d_fake, d_real) + penalty_weight * _penalty(critic(interpolates, condition), interpolates)
 
 
 def _interpolates(real, fake, condition, generator) -> torch.Tensor:
