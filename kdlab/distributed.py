@@ -137,7 +137,7 @@ def differs_across_ranks(values: torch.Tensor) -> bool:
 def fingerprint(*modules: nn.Module) -> torch.Tensor:
     """One float64 sum per parameter and buffer of `modules`: equal on ranks that hold equal state."""
     tensors = [t.detach() for m in modules for t in (*m.parameters(), *m.buffers())]
-    return torch.stack([t.double().sum() for t in tensors]) if tensors else torch.zeros(1)
+    return torch.stack([t.sum(dtype=torch.float64) for t in tensors]) if tensors else torch.zeros(1)
 
 
 class _SumOverRanks(torch.autograd.Function):

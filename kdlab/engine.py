@@ -512,6 +512,8 @@ class Trainee:
 
     def check_in_sync(self, iteration: int) -> None:
         """Under DDP, every rank holds rank 0's weights (called by all ranks before rank 0 saves)."""
+        if not ddp.is_distributed():
+            return  # one process: nothing to compare, and the fingerprint reads every weight (the teacher's too)
         if ddp.differs_across_ranks(ddp.fingerprint(self.model, self.objective)):
             raise KdlabError(f"iteration {iteration}: the processes' copies of run {self.cfg.name!r} diverged "
                              f"(a kdlab bug: please report it)")

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Issue 15's convergence study on the embedded benchmark: learning curves of the default student at three
-# learning rates (2400 iterations) and at 4800, of the teacher (4000), and of the METHODS.md section 0
+# learning rates (2400 iterations) and at 4800 and 9600, of the teacher (4000 and 8000), and of the METHODS.md section 0
 # student (PSPNet-R18, encoder_depth 5, output stride 8), then the figure and table
 # (python -m kdlab.plots.learning_curves).
 #   bash scripts/convergence.sh [RUNS_DIR] [FIGURES_DIR]     (default: runs/convergence, figures/convergence)
-# Runs are resumed where an earlier call stopped; finished runs are kept. About 3 h on 2 quiet CPU cores.
+# Runs are resumed where an earlier call stopped; finished runs are kept. About 4.5 h on 2 quiet CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=$(realpath -m "${1:-runs/convergence}")
@@ -30,5 +30,9 @@ done
 run curve-lr0.01-4800 configs/student.yaml train.iterations=4800 train.eval_interval=400 train.checkpoint_interval=400
 run teacher-curve configs/teacher.yaml train.iterations=4000 train.eval_interval=500 train.checkpoint_interval=500
 run curve-d8-lr0.01 configs/student.yaml "${STUDENT[@]}" model.encoder_depth=5 model.output_stride=8
+# Twice as long again: does the student plateau, and how far above it does a longer-trained teacher stay?
+run curve-lr0.01-9600 configs/student.yaml train.iterations=9600 train.eval_interval=800 train.checkpoint_interval=400
+run teacher-curve-8000 configs/teacher.yaml train.iterations=8000 train.eval_interval=1000 train.checkpoint_interval=500
 ${PYTHON:-.venv/bin/python} -m kdlab.plots.learning_curves "$FIGURES" "$OUT"/curve-lr0.01 "$OUT"/curve-lr0.02 \
-  "$OUT"/curve-lr0.005 "$OUT"/curve-lr0.01-4800 "$OUT"/teacher-curve "$OUT"/curve-d8-lr0.01
+  "$OUT"/curve-lr0.005 "$OUT"/curve-lr0.01-4800 "$OUT"/teacher-curve "$OUT"/curve-d8-lr0.01 \
+  "$OUT"/curve-lr0.01-9600 "$OUT"/teacher-curve-8000
