@@ -586,7 +586,7 @@ def _build_cohort(cfgs: list[RunConfig], resume: bool, objective_factory: Object
 
 
 def _step(t: Trainee, batch: dict, iteration: int, device: torch.device, tic: float, progress: bool,
-          val_set, end: int) -> dict[str, float]:
+          val_set, end: int) -> dict[str, float] | None:
     """One optimisation step of one run, with its logging, evaluation and checkpointing; returns the
     terms of the last log line written (None when the step wrote none)."""
     cfg = t.cfg
