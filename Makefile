@@ -17,8 +17,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# Two test processes of one thread each (tests/conftest.py), each running whole test files: on 2
+# cores that is 1.5x faster than one process on two threads. TEST_JOBS=0 runs them in this process.
+TEST_JOBS ?= 2
+
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadfile)
 
 figures: setup
 	$(PY) -m kdlab.figures --profile $(PROFILE) $(ARGS)

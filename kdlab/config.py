@@ -79,6 +79,9 @@ class DistillConfig:
     teacher: str | None = None  # teacher checkpoint (a .pt file or a run directory); None = supervised training
     recipe: str | None = None  # recipe YAML path or the name of a file in configs/recipes/
     warmup_iters: int = 0  # distillation loss weights ramp linearly from 0 over these iterations
+    weight_rule: str = "paper"  # 'paper': the recipe's weights as written; 'matched': every weight times one factor,
+    #                             set at the first step, so that the distillation terms start at match_ratio x CE
+    match_ratio: float = 1.0  # weight_rule 'matched': the terms' start magnitude in units of the first batch's CE
     check_finite: bool = True  # stop with the term named when a loss term becomes NaN/inf
 
 
@@ -181,6 +184,8 @@ def _long_short(value) -> bool:
     return len(value) == 2 and min(value) > 0
 
 
+WEIGHT_RULES = ("paper", "matched")
+
 # key → (check, what it must be): every value is checked before any work starts.
 VALUE_RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.image_size": (_at_least(16), "at least 16 (pixels)"),
@@ -213,6 +218,8 @@ VALUE_RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "eval.relative_band_widths": (lambda v: all(0 < f < 1 for f in v), "a list of fractions in (0, 1) of the image height"),
     "eval.max_images": (_positive, "a positive number of images, or null for all"),
     "distill.warmup_iters": (_at_least(0), "0 or more steps"),
+    "distill.weight_rule": (lambda v: v in WEIGHT_RULES, "'paper' (the recipe's weights) or 'matched' (README: the weight rule)"),
+    "distill.match_ratio": (_positive, "positive (the distillation terms' start magnitude in units of CE)"),
 }
 
 

@@ -136,8 +136,9 @@ class DistillObjective(nn.Module):
 
     def __init__(self, teacher: TeacherPass, student: SegModel, entries: list[RecipeEntry], num_classes: int,
                  total_iterations: int, warmup_iters: int = 0,
-                 training_batches: Callable[[int], list[dict]] | None = None):
+                 training_batches: Callable[[int], list[dict]] | None = None, match_ratio: float | None = None):
         super().__init__()
+        self.match_ratio = match_ratio  # the matched weight rule's ratio (`match_weights`); None: the recipe's weights
         self.training_batches = training_batches  # for `prepare` (module docstring); None: the current batch
         self.teacher_pass = teacher
         self.teacher = teacher.model  # a submodule, so that it follows .to(device) and eval()
@@ -145,6 +146,7 @@ class DistillObjective(nn.Module):
                             self.teacher.stage_names, num_classes)
         self.methods = nn.ModuleDict()
         self.weights: dict[str, float] = {}
+        self.counted: set[str] = set()  # the terms whose start magnitude the matched weight rule counts
         for entry in entries:
             method = build_method(entry.method, ctx, entry.taps, entry.options)
             unknown = set(entry.term_weights) - set(method.default_weights)
@@ -154,6 +156,8 @@ class DistillObjective(nn.Module):
             self.methods[entry.name] = method
             for term, default in method.default_weights.items():
                 self.weights[f"{entry.name}.{term}"] = entry.weight * float(entry.term_weights.get(term, default))
+                if term not in method.adversarial_terms:
+                    self.counted.add(f"{entry.name}.{term}")
         self.student_taps = tuple(sorted(set().union(*(m.tap_names("student") for m in self.methods.values()))))
         self.teacher_taps = tuple(sorted(set().union(*(m.tap_names("teacher") for m in self.methods.values()))))
         teacher.taps.update(self.teacher_taps)
@@ -195,14 +199,31 @@ class DistillObjective(nn.Module):
         for name, method in self.methods.items():
             terms.update({f"{name}.{term}": value for term, value in method(student, teacher, batch, step).items()})
             scale.update({f"{name}.{term}": method.schedule(step) for term in method.default_weights})
+        if self.training and self.match_ratio is not None:
+            self.match_weights(terms, scale)
         kd = sum(self.weights[name] * scale[name] * terms[name] for name in self.weights if name in terms)
         return {"loss": ce + self.ramp(iteration) * kd, "kd": kd, **terms}
+
+    def match_weights(self, terms: dict[str, torch.Tensor], scale: dict[str, float]) -> None:
+        """The matched weight rule (README, "The weight rule"), once, at a run's first step: every weight
+        times one factor s = match_ratio · CE / Σ_counted wᵢ·tᵢ on that step's batch (averaged over DDP
+        ranks), so the recipe's terms start at match_ratio × CE whatever their paper λ; the ratios between
+        a recipe's terms stay the paper's. Adversarial terms are scaled but not counted; a recipe with
+        nothing counted keeps its weights. The scaled weights are checkpointed (`extra_state`)."""
+        counted = sum(self.weights[name] * scale[name] * terms[name].detach().float()
+                      for name in self.counted if name in terms)
+        ce, counted = ddp.all_reduce_mean(torch.stack([terms["ce"].detach().float(),
+                                                        torch.as_tensor(counted, dtype=torch.float32,
+                                                                        device=terms["ce"].device)])).tolist()
+        factor = self.match_ratio * ce / counted if counted > 0 else 1.0
+        self.weights = {name: weight * factor for name, weight in self.weights.items()}
+        self.match_ratio = None  # matched: from here on the weights are fixed
 
     def extra_state(self) -> dict:
         """What a checkpoint keeps beside the state_dict: the methods' own (optimisers, memories) and the
         teacher checkpoint's sha256, which stands for the teacher (its weights are not saved)."""
         return {"methods": {name: m.extra_state() for name, m in self.methods.items() if hasattr(m, "extra_state")},
-                "teacher_sha256": self.teacher_pass.digest}
+                "teacher_sha256": self.teacher_pass.digest, "weights": dict(self.weights)}
 
     def load_extra_state(self, state: dict) -> None:
         saved, now = state.get("teacher_sha256"), self.teacher_pass.digest
@@ -210,6 +231,8 @@ class DistillObjective(nn.Module):
             raise CheckpointError(f"distill.teacher: not the teacher this run started with (its checkpoint's sha256 "
                                   f"is {now[:12]}..., the run's {saved[:12]}...); resume with the original teacher")
         methods = state["methods"] if "methods" in state else state  # older checkpoints: the methods' alone
+        if "weights" in state:  # the weights the run trained with (under the matched rule: as matched)
+            self.weights, self.match_ratio = dict(state["weights"]), None
         for name, value in methods.items():
             self.methods[name].load_extra_state(value)
 
@@ -267,8 +290,9 @@ def distill_objective(cfg: RunConfig, student: SegModel, meta: dict, device: tor
     cohort's shared teacher; loaded here when not given)."""
     entries = check_distill_config(cfg)
     teacher = teacher or teacher_pass(cfg, meta, device)
+    match_ratio = cfg.distill.match_ratio if cfg.distill.weight_rule == "matched" else None
     objective = DistillObjective(teacher, student, entries, meta["num_classes"], cfg.train.iterations,
-                                 cfg.distill.warmup_iters, training_batches(cfg))
+                                 cfg.distill.warmup_iters, training_batches(cfg), match_ratio)
     objective.run_files = {"recipe.yaml": recipe_path(cfg.distill.recipe).read_text()}
     return objective
 

@@ -109,7 +109,7 @@ def load_profile(profile: str, runs_root: str | Path | None = None, figures_dir:
     data = [f"data.{key}={value}" for key, value in (("name", dataset), ("root", data_root)) if value is not None]
     recipes = list(tree.get("recipes", []) if recipes is None else recipes)
     for name in recipes:
-        recipe_path(name)  # an unknown recipe fails here, listing the available ones
+        recipe_path(split_matched(name)[0])  # an unknown recipe fails here, listing the available ones
     ablation = tree.get("ablation", {})
     runs_root = Path(runs_root or default_runs_root())
     figures_dir = figures_dir or tree.get("figures_dir", "{runs_dir}/figures")
@@ -135,14 +135,29 @@ def teacher_config(profile: Profile) -> RunConfig:
     return run_config(profile, profile.teacher, "teacher")
 
 
+MATCHED = "@matched"  # a recipe label's suffix: that recipe under the matched weight rule (README: the weight rule)
+
+
+def split_matched(recipe: str) -> tuple[str, bool]:
+    """A recipe label's recipe, and whether the label asks for the matched weight rule (``kd@matched``)."""
+    return (recipe.removesuffix(MATCHED), True) if recipe.endswith(MATCHED) else (recipe, False)
+
+
+def recipe_label(recipe: str) -> str:
+    """A recipe's label in tables and run names: its name or file stem, plus ``@matched`` if asked for."""
+    base, matched = split_matched(recipe)
+    return Path(base).stem + (MATCHED if matched else "")
+
+
 def student_config(profile: Profile, seed: int, recipe: str | None = None, overrides: list[str] = ()) -> RunConfig:
     """The student baseline (recipe None) or a distilled student, for one seed. The run is named after
-    the recipe (a recipe name, or a recipe file's stem), so one recipe and seed is one run whatever
-    table lists it."""
-    name = f"{Path(recipe).stem if recipe else 'baseline'}-s{seed}"
+    the recipe label (`recipe_label`), so one recipe and seed is one run whatever table lists it."""
+    name = f"{recipe_label(recipe) if recipe else 'baseline'}-s{seed}"
     extra = [f"train.seed={seed}", *overrides]
     if recipe:
-        extra += [f"distill.recipe={recipe}", f"distill.teacher={profile.runs_dir / 'teacher'}"]
+        base, matched = split_matched(recipe)
+        extra += [f"distill.recipe={base}", f"distill.teacher={profile.runs_dir / 'teacher'}"]
+        extra += ["distill.weight_rule=matched"] if matched else []
     return run_config(profile, profile.student, name, extra)
 
 
@@ -374,17 +389,20 @@ def ensure_ablations(profile: Profile, progress: bool = True) -> dict[str, dict[
 
 
 def ablation_recipes(profile: Profile, group: str, write: bool = True) -> dict[str, str]:
-    """label → recipe of an ablation group: a list of recipe names, or a sweep
+    """label → recipe of an ablation group: a list of recipe labels, or a sweep
     ``{base: bpkd, vary: {options.edge_width: [3, 5, 7]}}`` over the first method of a recipe
-    (the value the base recipe already has is the base recipe itself, trained once)."""
+    (the value the base recipe already has is the base recipe itself, trained once; a base
+    ``bpkd@matched`` sweeps under the matched weight rule)."""
     spec = profile.ablations[group]
     if isinstance(spec, list):
-        return {Path(name).stem: name for name in spec}  # a recipe file is labelled by its stem
+        return {recipe_label(name): name for name in spec}
     if not isinstance(spec, dict) or set(spec) != {"base", "vary"} or len(spec["vary"]) != 1:
         raise ConfigError(f"profile {profile.name!r}: ablations.{group} must be a list of recipes or "
                           f"{{base: recipe, vary: {{key: [values]}}}}")
     (key, values), = spec["vary"].items()
-    return {f"{spec['base']}@{key.split('.')[-1]}={value}": derived_recipe(profile, spec["base"], key, value, write)
+    base, matched = split_matched(spec["base"])  # a matched base: every sweep point under the matched rule
+    suffix = MATCHED if matched else ""
+    return {f"{base}@{key.split('.')[-1]}={value}{suffix}": derived_recipe(profile, base, key, value, write) + suffix
             for value in values}
 
 

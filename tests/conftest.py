@@ -11,7 +11,11 @@ import pytest
 import torch
 
 warnings.filterwarnings("ignore", category=UserWarning)
-torch.set_num_threads(2)
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one of two test processes (`make test`): a core each, for them
+    os.environ["OMP_NUM_THREADS"] = "1"  # and every process they start (more threads than cores thrash)
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(2)
 
 TINY_DATA = ["data.image_size=64", "data.crop_size=64", "data.num_train=24", "data.num_val=6"]
 

@@ -10,6 +10,7 @@ import pytest
 from kdlab import claims, pipeline, stats
 from kdlab.distill import recipe_path
 from kdlab.errors import ConfigError
+from kdlab.pipeline import ablation_recipes, load_profile
 
 HEADLINE_TABLES = {("BPKD", "Table 1"), ("BPKD", "Table 3"), ("BPKD", "Table 4"), ("BPKD", "Table 5"),
                    ("SKD", "Table 1"), ("SKD", "Table 2"), ("BCD", "Table I"), ("BCD", "Table IV"),
@@ -169,7 +170,15 @@ def test_the_claims_file_covers_every_headline_table_with_known_recipes():
         assert c.direction in stats.DIRECTIONS and c.paper_numbers
         for label in (label for arm in c.arms for label in arm):
             if label != "baseline":
-                recipe_path(label.split("@")[0])  # raises for an unknown recipe
+                recipe_path(label.split("@")[0])  # raises for an unknown recipe (`recipe@key=value@matched` too)
+
+
+def test_the_full_profile_trains_every_arm_of_the_claims_file():
+    profile = load_profile("full")
+    labels = {"baseline", *profile.recipes}
+    labels |= {label for group in profile.ablations for label in ablation_recipes(profile, group, write=False)}
+    missing = {label for c in claims.load_claims() for arm in c.arms for label in arm} - labels
+    assert not missing
 
 
 def test_a_malformed_claims_file_fails_naming_the_entry(tmp_path):

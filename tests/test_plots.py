@@ -160,3 +160,13 @@ def test_sweep_figure_draws_the_swept_values_and_the_baseline():
     assert is_sweep(rows) and len(fig.axes) == 2 and fig.axes[0].get_xlabel() == "edge_width"
     assert sorted(t.get_text() for t in fig.axes[0].get_legend().get_texts()) == ["baseline", "bpkd"]
 
+
+def test_a_group_of_matched_recipes_is_not_a_sweep_and_a_matched_sweep_is_one():
+    rows = [{"method": m, "mIoU": 0.3, "mIoU_std": 0.0, "trimap_mIoU": 0.2, "trimap_mIoU_std": 0.0}
+            for m in ("baseline", "bpkd_prm@matched", "bpkd_bel@matched")]
+    assert not is_sweep(rows)
+    rows[1:] = [{**rows[1], "method": f"bpkd@edge_width={w}@matched", "mIoU": 0.3 + w / 100} for w in (2, 5)]
+    fig = sweep_figure(rows)
+    assert [p[0] for p in fig.axes[0].lines[0].get_xydata()] == [2.0, 5.0]
+    assert "bpkd@matched" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+

@@ -70,6 +70,9 @@ class DistillMethod(nn.Module):
     name: ClassVar[str]
     default_taps: ClassVar[dict[str, str]] = {"logits": "head_logits"}
     default_weights: ClassVar[dict[str, float]] = {}
+    # Terms that are not a divergence from the teacher (an adversary's score, of either sign): the
+    # matched weight rule scales them with the others but does not count their start magnitude.
+    adversarial_terms: ClassVar[frozenset[str]] = frozenset()
     needs_image: ClassVar[bool] = False
 
     def __init__(self, ctx: MethodContext, taps: dict | None = None):

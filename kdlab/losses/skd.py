@@ -15,6 +15,7 @@ class StructuredKD(DistillMethod):
     name = "skd"
     default_taps = {**PixelKD.default_taps, **PairwiseKD.default_taps}
     default_weights = {**PixelKD.default_weights, **PairwiseKD.default_weights, **HolisticKD.default_weights}
+    adversarial_terms = HolisticKD.adversarial_terms
 
     def __init__(self, ctx: MethodContext, taps=None, temperature: float = 1.0,
                  pool_kernel: int | list[int] | tuple[int, int] | None = (2, 2), pool_scale: float | None = None,

@@ -78,6 +78,7 @@ class HolisticKD(DistillMethod):
     name = "skd_holistic"
     default_taps = {"logits": "head_logits"}
     default_weights = {"holistic": 0.1}  # λ2 of SKD
+    adversarial_terms = frozenset({"holistic"})
 
     def __init__(self, ctx: MethodContext, taps=None, d_width: int = 64, d_lr: float = 1e-4):
         super().__init__(ctx, taps)

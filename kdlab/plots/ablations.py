@@ -9,9 +9,20 @@ import numpy as np
 from kdlab.plots._common import NotebookFigure, new_figure
 
 
+def sweep_point(label: str) -> tuple[str, str, float] | None:
+    """(recipe, key, value) of a sweep run's label ``recipe@key=value`` (``…@matched`` under the matched
+    weight rule, `kdlab.pipeline.MATCHED`); None for any other label."""
+    recipe, _, rest = label.partition("@")
+    key, is_point, value = rest.partition("=")
+    if not is_point:
+        return None
+    value, _, rule = value.partition("@")
+    return recipe + (f"@{rule}" if rule else ""), key, float(value)
+
+
 def is_sweep(rows: Sequence[Mapping]) -> bool:
     """Whether `kdlab.pipeline.summary_rows` of an ablation group are a sweep (``recipe@key=value`` runs)."""
-    return any("@" in row["method"] for row in rows)
+    return any(sweep_point(row["method"]) for row in rows)
 
 
 def sweep_figure(rows: Sequence[Mapping], title: str | None = None) -> NotebookFigure:
@@ -20,16 +31,17 @@ def sweep_figure(rows: Sequence[Mapping], title: str | None = None) -> NotebookF
     `rows` come from `kdlab.pipeline.summary_rows`; swept runs are labelled ``recipe@key=value``
     and the ``baseline`` row is drawn as a horizontal reference line.
     """
-    swept = [r for r in rows if "@" in r["method"]]
+    swept = [(r, sweep_point(r["method"])) for r in rows if sweep_point(r["method"])]
     if not swept:
         raise ValueError("rows: no swept run (method 'recipe@key=value')")
-    key = swept[0]["method"].split("@", 1)[1].split("=", 1)[0]
-    values = [float(r["method"].rsplit("=", 1)[1]) for r in swept]
+    recipe, key, _ = swept[0][1]
+    values = [point[2] for _, point in swept]
+    swept = [r for r, _ in swept]
     baseline = next((r for r in rows if r["method"] == "baseline"), None)
     fig, axes = new_figure(1, 2)
     for ax, metric in zip(axes[0], ("mIoU", "trimap_mIoU")):
         ax.errorbar(values, [r[metric] for r in swept], yerr=[np.nan_to_num(r[f"{metric}_std"]) for r in swept],
-                    marker="o", capsize=3, label=swept[0]["method"].split("@")[0])
+                    marker="o", capsize=3, label=recipe)
         if baseline is not None:
             ax.axhline(baseline[metric], color="grey", linestyle="--", label="baseline")
         ax.set_xlabel(key)
