@@ -9,7 +9,7 @@ import torch
 from kdlab.checkpoint import load_checkpoint
 from kdlab.config import load_config
 from kdlab.distill import distill_objective
-from kdlab.engine import train
+from kdlab.engine import train, train_cohort
 from kdlab.errors import ConfigError
 from kdlab.pipeline import load_profile, student_config
 
@@ -79,3 +79,15 @@ def test_a_profile_label_at_matched_trains_its_recipe_under_the_matched_rule():
 def test_an_unknown_weight_rule_is_one_error_naming_the_key():
     with pytest.raises(ConfigError, match=r"^distill.weight_rule: must be 'paper' .* got 'equal'"):
         load_config(["configs/student.yaml"], ["distill.weight_rule=equal"])
+
+
+def test_matched_runs_in_a_cohort_end_where_they_end_alone(tiny_overrides, tiny_teacher):
+    def cfg(recipe, name):
+        return _cfg(tiny_overrides, tiny_teacher, recipe, name, "distill.weight_rule=matched")
+
+    alone = train(cfg("bpkd", "alone"), objective_factory=distill_objective, progress=False)
+    _, together = train_cohort([cfg("kd", "c-kd"), cfg("bpkd", "c-bpkd")], objective_factory=distill_objective,
+                               progress=False)
+    a, b = load_checkpoint(alone), load_checkpoint(together)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["objective_extra"]["weights"] == b["objective_extra"]["weights"]
