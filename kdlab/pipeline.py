@@ -7,7 +7,7 @@ A profile (``configs/profiles/<name>.yaml``) is configuration only::
     student: {config: configs/student.yaml, overrides: [...]}
     seeds: [0, 1]                             # seeds of the student baseline and each recipe
     recipes: [kd, cwd, bpkd_embedded, ...]    # the method comparison
-    ablations: {bpkd_table4: [bpkd_prm, ...], ...}   # groups of recipes
+    ablations: {bpkd_table4: [bpkd_prm, ...], ...}   # groups of recipes (or {student: CONFIG, recipes: [...]})
     ablation: {seeds: [0], overrides: [train.iterations=300]}   # ablation seeds and schedule
     jobs: 2                                   # runs trained at once (worker processes); default 1
 
@@ -149,16 +149,18 @@ def recipe_label(recipe: str) -> str:
     return Path(base).stem + (MATCHED if matched else "")
 
 
-def student_config(profile: Profile, seed: int, recipe: str | None = None, overrides: list[str] = ()) -> RunConfig:
-    """The student baseline (recipe None) or a distilled student, for one seed. The run is named after
-    the recipe label (`recipe_label`), so one recipe and seed is one run whatever table lists it."""
+def student_config(profile: Profile, seed: int, recipe: str | None = None, overrides: list[str] = (),
+                   student: RunSpec | None = None) -> RunConfig:
+    """The student baseline (recipe None) or a distilled student, for one seed (of the profile's
+    student, or of `student`). The run is named after the recipe label (`recipe_label`), so one
+    recipe and seed is one run whatever table lists it."""
     name = f"{recipe_label(recipe) if recipe else 'baseline'}-s{seed}"
     extra = [f"train.seed={seed}", *overrides]
     if recipe:
         base, matched = split_matched(recipe)
         extra += [f"distill.recipe={base}", f"distill.teacher={profile.runs_dir / 'teacher'}"]
         extra += ["distill.weight_rule=matched"] if matched else []
-    return run_config(profile, profile.student, name, extra)
+    return run_config(profile, student or profile.student, name, extra)
 
 
 def _recipe_text(cfg: RunConfig) -> str:
@@ -327,9 +329,9 @@ def ensure_teacher(profile: Profile, progress: bool = True) -> Path:
 
 
 def student_configs(profile: Profile, recipes: dict[str, str | None], seeds: list[int],
-                    overrides: list[str] = ()) -> dict[tuple[str, int], RunConfig]:
+                    overrides: list[str] = (), student: RunSpec | None = None) -> dict[tuple[str, int], RunConfig]:
     """(label, seed) → config of the student for each label → recipe (None = the baseline) and seed."""
-    return {(label, seed): student_config(profile, seed, recipe, overrides)
+    return {(label, seed): student_config(profile, seed, recipe, overrides, student)
             for label, recipe in recipes.items() for seed in seeds}
 
 
@@ -368,15 +370,29 @@ def ensure_comparison(profile: Profile, progress: bool = True) -> dict[tuple[str
 
 
 def ablation_configs(profile: Profile, group: str, write: bool = True) -> dict[tuple[str, int], RunConfig]:
-    """One ablation group plus a baseline on the same schedule. Ablations with schedule overrides
-    live in `<profile>/ablations/`; without, they share the comparison's runs (same recipe and
-    seed = the same run, trained once)."""
+    """One ablation group plus a baseline on the same schedule and student. Ablations with schedule
+    overrides live in `<profile>/ablations/`; without, they share the comparison's runs (same recipe
+    and seed = the same run, trained once). A group with its own student (`ablation_student`) lives
+    in `students/<its config's stem>/` below that, with its own baseline."""
     if group not in profile.ablations:
         raise ConfigError(f"profile {profile.name!r}: no ablation group {group!r}; groups: {sorted(profile.ablations)}")
     out_dir = profile.runs_dir / "ablations" if profile.ablation_overrides else profile.runs_dir
+    student = ablation_student(profile, group)
+    if student is not None:
+        out_dir = out_dir / "students" / Path(student.config).stem
     overrides = [*profile.ablation_overrides, f"out_dir={out_dir}"]
     recipes = {"baseline": None, **ablation_recipes(profile, group, write)}
-    return student_configs(profile, recipes, profile.ablation_seeds, overrides)
+    return student_configs(profile, recipes, profile.ablation_seeds, overrides, student)
+
+
+def ablation_student(profile: Profile, group: str) -> RunSpec | None:
+    """The student of an ablation group written ``{student: CONFIG, recipes: [...]}`` (PPD's rows on
+    a DeepLabV3+ student), with the profile student's overrides (its schedule); else None: the
+    profile's student."""
+    spec = profile.ablations[group]
+    if isinstance(spec, dict) and "student" in spec:
+        return RunSpec(spec["student"], list(profile.student.overrides))
+    return None
 
 
 def ensure_ablations(profile: Profile, progress: bool = True) -> dict[str, dict[tuple[str, int], Path]]:
@@ -394,11 +410,13 @@ def ablation_recipes(profile: Profile, group: str, write: bool = True) -> dict[s
     (the value the base recipe already has is the base recipe itself, trained once; a base
     ``bpkd@matched`` sweeps under the matched weight rule)."""
     spec = profile.ablations[group]
+    if isinstance(spec, dict) and set(spec) == {"student", "recipes"} and isinstance(spec["recipes"], list):
+        spec = spec["recipes"]
     if isinstance(spec, list):
         return {recipe_label(name): name for name in spec}
     if not isinstance(spec, dict) or set(spec) != {"base", "vary"} or len(spec["vary"]) != 1:
-        raise ConfigError(f"profile {profile.name!r}: ablations.{group} must be a list of recipes or "
-                          f"{{base: recipe, vary: {{key: [values]}}}}")
+        raise ConfigError(f"profile {profile.name!r}: ablations.{group} must be a list of recipes, "
+                          f"{{base: recipe, vary: {{key: [values]}}}} or {{student: config, recipes: [...]}}")
     (key, values), = spec["vary"].items()
     base, matched = split_matched(spec["base"])  # a matched base: every sweep point under the matched rule
     suffix = MATCHED if matched else ""

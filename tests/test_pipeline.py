@@ -74,6 +74,20 @@ def test_a_sweep_value_the_base_recipe_has_is_the_base_recipes_run(profile):
         pipeline.ablation_configs(profile, "nope")
 
 
+def test_an_ablation_group_with_its_own_student_trains_it_and_its_baseline_apart(profile):
+    profile.ablations["ppd"] = {"student": "configs/student_deeplabv3plus.yaml", "recipes": ["ppd@matched"]}
+    configs = pipeline.ablation_configs(profile, "ppd")
+    baseline, ppd = configs[("baseline", 0)], configs[("ppd@matched", 0)]
+    assert baseline.model.arch == ppd.model.arch == "DeepLabV3Plus"
+    assert baseline.run_dir.parent.name == "student_deeplabv3plus" and baseline.run_dir.parent.parent.name == "students"
+    assert pipeline.ablation_student(profile, "ppd").overrides == profile.student.overrides  # its schedule
+    assert baseline.train.iterations == 1  # and the ablations' (ablation.overrides)
+    assert (ppd.distill.recipe, ppd.distill.weight_rule) == ("ppd", "matched")
+    profile.ablations["ppd"] = {"student": "configs/student_deeplabv3plus.yaml"}
+    with pytest.raises(ConfigError, match=r"ablations.ppd must be .*student: config, recipes"):
+        pipeline.ablation_configs(profile, "ppd")
+
+
 def test_unknown_profile_lists_the_available_ones():
     with pytest.raises(ConfigError, match="quick"):
         pipeline.load_profile("nonexistent")
