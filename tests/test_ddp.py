@@ -68,13 +68,17 @@ def test_two_process_training_resumes_exactly_and_scores_as_one_process(tiny_ove
 
 def test_two_process_distillation_with_trainable_parts_scores_as_one_process(tiny_overrides, tiny_teacher,
                                                                               tmp_path):
-    # BCD: fusion convs, boundary head and a BatchNorm (SyncBN) in the objective, all trained.
+    # BCD: fusion convs, boundary head and a BatchNorm (SyncBN) in the objective, all trained; under the
+    # matched weight rule, whose factor is computed from the terms averaged over the two processes.
     run = tmp_path / "runs" / "ddp-bcd"
     result = torchrun(["distill", "-c", "configs/student.yaml", "--recipe", "bcd", "--teacher", str(tiny_teacher),
-                       "name=ddp-bcd", *tiny_overrides, *DDP_OVERRIDES], tmp_path)
+                       "name=ddp-bcd", "distill.weight_rule=matched", *tiny_overrides, *DDP_OVERRIDES], tmp_path)
     check_run(result, run, tmp_path)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert all(r["bcd.context"] > 0 for r in log)
+    start = json.loads((run / "start_terms.json").read_text())
+    matched = start["bcd.boundary"]["weighted"] + start["bcd.context"]["weighted"]
+    assert matched == pytest.approx(start["ce"]["value"], rel=1e-4)  # the global batch's terms = 1 x its CE
 
 
 def test_global_batch_not_divisible_by_the_world_size_is_one_line_before_any_work(tiny_overrides, monkeypatch,
