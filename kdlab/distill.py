@@ -210,11 +210,10 @@ class DistillObjective(nn.Module):
         ranks), so the recipe's terms start at match_ratio × CE whatever their paper λ; the ratios between
         a recipe's terms stay the paper's. Adversarial terms are scaled but not counted; a recipe with
         nothing counted keeps its weights. The scaled weights are checkpointed (`extra_state`)."""
-        counted = sum(self.weights[name] * scale[name] * terms[name].detach().float()
-                      for name in self.counted if name in terms)
-        ce, counted = ddp.all_reduce_mean(torch.stack([terms["ce"].detach().float(),
-                                                        torch.as_tensor(counted, dtype=torch.float32,
-                                                                        device=terms["ce"].device)])).tolist()
+        ce = terms["ce"].detach().float()
+        counted = sum((self.weights[name] * scale[name] * terms[name].detach().float()
+                       for name in self.counted if name in terms), ce.new_zeros(()))
+        ce, counted = ddp.all_reduce_mean(torch.stack([ce, counted])).tolist()
         factor = self.match_ratio * ce / counted if counted > 0 else 1.0
         self.weights = {name: weight * factor for name, weight in self.weights.items()}
         self.match_ratio = None  # matched: from here on the weights are fixed

@@ -31,12 +31,11 @@ def sweep_figure(rows: Sequence[Mapping], title: str | None = None) -> NotebookF
     `rows` come from `kdlab.pipeline.summary_rows`; swept runs are labelled ``recipe@key=value``
     and the ``baseline`` row is drawn as a horizontal reference line.
     """
-    swept = [(r, sweep_point(r["method"])) for r in rows if sweep_point(r["method"])]
-    if not swept:
+    points = [(row, point) for row in rows if (point := sweep_point(row["method"]))]
+    if not points:
         raise ValueError("rows: no swept run (method 'recipe@key=value')")
-    recipe, key, _ = swept[0][1]
-    values = [point[2] for _, point in swept]
-    swept = [r for r, _ in swept]
+    recipe, key, _ = points[0][1]
+    swept, values = [row for row, _ in points], [value for _, (_, _, value) in points]
     baseline = next((r for r in rows if r["method"] == "baseline"), None)
     fig, axes = new_figure(1, 2)
     for ax, metric in zip(axes[0], ("mIoU", "trimap_mIoU")):
