@@ -1015,3 +1015,16 @@ def test_bpkd_edge_masks_stay_on_the_device_and_vectorised():
     assert masks.shape == (3, 4, 10, 10) and masks.dtype == torch.float32
     per_image = torch.cat([K.bpkd_edge_masks(labels[i:i + 1], 4, (10, 10), edge_width=7) for i in range(3)])
     assert torch.equal(masks, per_image)
+
+
+def test_bcd_terms_take_the_temperature_as_a_device_tensor_with_the_same_value():
+    """BCD's adaptive τ stays on the device (no host read per step): a 0-d tensor gives the float's value,
+    and a non-positive one is refused."""
+    generator = torch.Generator().manual_seed(0)
+    s_aff, t_aff = torch.rand(2, 2, 8, 3, 3, generator=generator).unbind(0)
+    s_feat, t_feat = torch.randn(2, 2, 4, 3, 3, generator=generator).unbind(0)
+    torch.testing.assert_close(K.boundary_kd(s_aff, t_aff, torch.tensor(1.7)), K.boundary_kd(s_aff, t_aff, 1.7))
+    torch.testing.assert_close(K.context_relation_kd(s_feat, t_feat, torch.tensor(1.7)),
+                               K.context_relation_kd(s_feat, t_feat, 1.7))
+    with pytest.raises(RuntimeError, match="temperature must be positive"):
+        K.boundary_kd(s_aff, t_aff, torch.tensor(0.0))

@@ -111,6 +111,8 @@ class BoundaryContextDistillation(DistillMethod):
         # Float, not bool, buffers: DDP broadcasts them with the others (kdlab.distributed).
         self.register_buffer("teacher_fitted", torch.tensor(float(fit_steps == 0)))
         self.register_buffer("teacher_fit_bce", torch.zeros(2))  # the fitting's BCE before / after (0: not fitted)
+        # The buffer's value on the host, so that a step does not read it back from the device.
+        self._fitted = fit_steps == 0
 
     def teacher_side(self) -> nn.ModuleList:
         """The teacher-side modules fitted by `prepare` and frozen otherwise."""
@@ -118,7 +120,7 @@ class BoundaryContextDistillation(DistillMethod):
 
     # ------------------------------------------------------------------ fitting the teacher side
     def needs_prepare(self) -> bool:
-        return not bool(self.teacher_fitted)
+        return not self._fitted
 
     def prepare(self, teacher: nn.Module, batches: Callable[[int], list[dict]]) -> None:
         """Fit the teacher side to the teacher's prediction boundaries on `batches(fit_batches)`."""
@@ -155,6 +157,7 @@ class BoundaryContextDistillation(DistillMethod):
                 p.grad = None
         self.teacher_fit_bce[1] = mean_bce()
         self.teacher_fitted.fill_(1.0)
+        self._fitted = True
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -165,6 +168,7 @@ class BoundaryContextDistillation(DistillMethod):
                 state_dict[prefix + key] = torch.tensor(1.0) if key == "teacher_fitted" else torch.zeros(2)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        self._fitted = bool(self.teacher_fitted)
 
     # ------------------------------------------------------------------ distillation
     def fused(self, student: dict, teacher: dict, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,9 +191,9 @@ class BoundaryContextDistillation(DistillMethod):
                 t_aff = KF.bcd_boundary_affinity(self.boundary_maps(t, "teacher"), self.radius)
             self._adapt_temperature(t_aff)
             valid = KF.bcd_affinity_valid_mask(*s.shape[-2:], self.radius, device=s.device)
-            out["boundary"] = KF.boundary_kd(s_aff, t_aff, float(self.temperature), valid)
+            out["boundary"] = KF.boundary_kd(s_aff, t_aff, self.temperature, valid)
         if self.use_context:
-            out["context"] = KF.context_relation_kd(self.student_relation(s), t, float(self.temperature),
+            out["context"] = KF.context_relation_kd(self.student_relation(s), t, self.temperature,
                                                         self.max_block_elems)
         out["temperature"] = self.temperature.clone()
         return out
@@ -198,5 +202,7 @@ class BoundaryContextDistillation(DistillMethod):
         return step.decay if self.decay else 1.0
 
     def _adapt_temperature(self, teacher_affinity: torch.Tensor) -> None:
-        if self.adaptive and self.training and float(teacher_affinity.max() - teacher_affinity.min()) > 0.5:
-            self.temperature.copy_(torch.clamp(self.temperature * 1.05, max=self.max_temperature))
+        if self.adaptive and self.training:  # on the device: no host read per step
+            spread = teacher_affinity.amax() - teacher_affinity.amin()
+            raised = torch.clamp(self.temperature * 1.05, max=self.max_temperature)
+            self.temperature.copy_(torch.where(spread > 0.5, raised, self.temperature))

@@ -105,7 +105,10 @@ def _student_and_constant_teacher(
     return student, teacher.detach()
 
 
-def _check_temperature(temperature: float) -> None:
+def _check_temperature(temperature: float | torch.Tensor) -> None:
+    if isinstance(temperature, torch.Tensor):  # a 0-d tensor is checked on its device: reading it would wait
+        torch._assert_async(temperature > 0, "temperature must be positive")
+        return
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
 
@@ -114,10 +117,11 @@ def _softmax_kl(
     teacher_logits: torch.Tensor,
     student_logits: torch.Tensor,
     dim: int,
-    temperature: float = 1.0,
+    temperature: float | torch.Tensor = 1.0,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``τ²·KL(softmax(t/τ) ‖ softmax(s/τ))`` along ``dim`` (that dimension is summed out).
+    """``τ²·KL(softmax(t/τ) ‖ softmax(s/τ))`` along ``dim`` (that dimension is summed out); ``τ`` a
+    float or a 0-d tensor.
 
     ``mask`` (boolean, broadcastable to the logits) excludes entries from both softmaxes.
     """
@@ -579,7 +583,7 @@ def bcd_affinity_valid_mask(
 def boundary_kd(
     student_affinity: torch.Tensor,
     teacher_affinity: torch.Tensor,
-    temperature: float = 1.0,
+    temperature: float | torch.Tensor = 1.0,
     valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Boundary distillation, BCD Eq. 3: ``τ²·KL(ρ(B^t/τ) ‖ ρ(B^s/τ))``, batch mean.
@@ -608,7 +612,7 @@ def boundary_kd(
 def context_relation_kd(
     student_feat: torch.Tensor,
     teacher_feat: torch.Tensor,
-    temperature: float = 1.0,
+    temperature: float | torch.Tensor = 1.0,
     max_block_elems: int | None = None,
 ) -> torch.Tensor:
     """Context distillation, BCD Eq. 4–5: ``τ²·(1/hw)·Σ_rows KL(R^t_row ‖ R^s_row)``, batch mean.
