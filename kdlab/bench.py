@@ -40,7 +40,7 @@ from kdlab.config import RunConfig
 from kdlab.data.synthetic import NUM_CLASSES
 from kdlab.data.transforms import as_pair
 from kdlab.distill import DistillObjective, TeacherPass, load_recipe, recipe_dir
-from kdlab.engine import SupervisedObjective, build_optimizer, train_one_step
+from kdlab.engine import SupervisedObjective, build_optimizer, train_one_step, trainable_parameters
 from kdlab.models.zoo import ModelSpec, build_model
 from kdlab.runtime import atomic_write_text, resolve_device
 
@@ -87,8 +87,7 @@ class _Row:
             else:
                 objective = DistillObjective(teacher, student, load_recipe(kind), NUM_CLASSES, cfg.train.iterations)
             objective = objective.to(device)
-            params = [p for p in list(student.parameters()) + list(objective.parameters()) if p.requires_grad]
-            optimizer, _ = build_optimizer(params, cfg)
+            optimizer, _ = build_optimizer(trainable_parameters(student, objective), cfg)
             self.runs.append((student, objective, optimizer, _scaler(cfg, device)))
 
     def step(self, batch, iteration, cfg, device) -> None:

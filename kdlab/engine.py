@@ -444,6 +444,12 @@ def run_config(run_dir: str | Path) -> RunConfig:
 
 
 # ----------------------------------------------------------------------------- the loop
+def trainable_parameters(model: nn.Module, objective: nn.Module) -> list[nn.Parameter]:
+    """What the student's optimizer owns: the student's and the objective's parameters that take
+    gradients (adapters, BCD's student side; not the frozen teacher, not SKD's discriminator)."""
+    return [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
+
+
 def build_optimizer(params, cfg: RunConfig):
     optimizer = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
                                 weight_decay=cfg.train.weight_decay)
@@ -542,8 +548,7 @@ def _setup_trainee(cfg: RunConfig, model: SegModel, shared, objective_factory: O
     if main:
         for name, text in getattr(objective, "run_files", {}).items():
             atomic_write_text(run.path / name, text)
-    params = [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
-    optimizer, scheduler = build_optimizer(params, cfg)
+    optimizer, scheduler = build_optimizer(trainable_parameters(model, objective), cfg)
     scaler = make_scaler(cfg, device)
     start = 0
     if resume and run.checkpoint.is_file():  # an orphan (no checkpoint yet) starts over

@@ -7,7 +7,8 @@ from torch import nn
 
 from kdlab.config import load_config
 from kdlab.distill import DistillObjective, RecipeEntry, TeacherPass
-from kdlab.engine import SupervisedObjective, autocast_dtype, build_optimizer, make_scaler, train_one_step
+from kdlab.engine import (SupervisedObjective, autocast_dtype, build_optimizer, make_scaler, train_one_step,
+                          trainable_parameters)
 from kdlab.errors import ConfigError
 from kdlab.losses import REGISTRY
 from kdlab.models import build_model
@@ -46,8 +47,7 @@ def _step(student, objective, cfg, device):
     """One `train_one_step`; returns its terms, the dtype autocast produced and the student's change."""
     student = student.to(device)
     objective = objective.to(device).train()
-    params = [p for p in list(student.parameters()) + list(objective.parameters()) if p.requires_grad]
-    optimizer, _ = build_optimizer(params, cfg)
+    optimizer, _ = build_optimizer(trainable_parameters(student, objective), cfg)
     scaler = make_scaler(cfg, device)
     seen = []
     hook = student.net.encoder.conv1.register_forward_hook(lambda m, i, out: seen.append(out.dtype))

@@ -16,7 +16,7 @@ import torch
 import kdlab
 from kdlab.config import load_config
 from kdlab.distill import DistillObjective, RecipeEntry, TeacherPass
-from kdlab.engine import build_optimizer, make_scaler, train_one_step
+from kdlab.engine import build_optimizer, make_scaler, train_one_step, trainable_parameters
 from kdlab.losses import REGISTRY
 from kdlab.models import build_model
 from kdlab.models.zoo import ModelSpec
@@ -34,8 +34,9 @@ DEVICES = [pytest.param("cpu", id="cpu"),
 
 
 @contextlib.contextmanager
-def counting_host_reads(reads: list):
-    """Record every read of a tensor's value that kdlab's code makes inside the block (its caller's file)."""
+def counting_host_reads():
+    """The reads of a tensor's value that kdlab's code makes inside the block (by their caller's file)."""
+    reads = []
     originals = {name: getattr(torch.Tensor, name) for name in READS}
 
     def counted(name):
@@ -53,6 +54,20 @@ def counting_host_reads(reads: list):
     finally:
         for name, original in originals.items():
             setattr(torch.Tensor, name, original)
+
+
+@contextlib.contextmanager
+def cuda_sync_errors(device: torch.device):
+    """On CUDA, any read that waits for the device raises inside the block; elsewhere nothing."""
+    if device.type != "cuda":
+        yield
+        return
+    mode = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(mode)
 
 
 @pytest.fixture(scope="module")
@@ -78,19 +93,10 @@ def test_a_training_step_reads_nothing_back_from_the_device(method, device, teac
                                  [RecipeEntry(method=method, name=method, options=OPTIONS.get(method, {}))],
                                  NUM_CLASSES, total_iterations=10, match_ratio=1.0)
     objective = objective.to(device).train()
-    params = [p for p in list(student.parameters()) + list(objective.parameters()) if p.requires_grad]
-    optimizer, _ = build_optimizer(params, cfg)
+    optimizer, _ = build_optimizer(trainable_parameters(student, objective), cfg)
     scaler = make_scaler(cfg, device)
     train_one_step(student, objective, _batch(device, 0), optimizer, scaler, cfg, 1, device)
-    reads = []
-    sync_mode = torch.cuda.get_sync_debug_mode() if device.type == "cuda" else None
-    with counting_host_reads(reads):
-        if sync_mode is not None:
-            torch.cuda.set_sync_debug_mode("error")
-        try:
-            for iteration in (2, 3):
-                train_one_step(student, objective, _batch(device, iteration), optimizer, scaler, cfg, iteration, device)
-        finally:
-            if sync_mode is not None:
-                torch.cuda.set_sync_debug_mode(sync_mode)
+    with counting_host_reads() as reads, cuda_sync_errors(device):
+        for iteration in (2, 3):
+            train_one_step(student, objective, _batch(device, iteration), optimizer, scaler, cfg, iteration, device)
     assert reads == [], f"{method}: the step read {len(reads)} values back from the device ({sorted(set(reads))})"
