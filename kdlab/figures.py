@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,13 +60,15 @@ def notebook_dir() -> Path:
     return project_root() / "notebooks"
 
 
-def _kernel_config():
-    """Kernels talk to papermill over IPC sockets: over TCP, ipykernel warns once per notebook that
-    the loopback traffic is unencrypted, in lines that are not kdlab's."""
+def _kernel_config(socket_dir: Path):
+    """Kernels talk to papermill over IPC sockets in `socket_dir`: over TCP, ipykernel warns once per
+    notebook that the loopback traffic is unencrypted, in lines that are not kdlab's; and the sockets'
+    default place, the kernel's working directory, is the user's notebooks/ folder."""
     from traitlets.config import Config
 
     config = Config()
     config.KernelManager.transport = "ipc"
+    config.KernelManager.ip = str(socket_dir / "kernel")
     return config
 
 
@@ -77,9 +80,10 @@ def execute(notebook: str, parameters: dict, out_dir: Path) -> Outcome:
     target = out_dir / f"{notebook}.ipynb"
     tic = time.perf_counter()
     try:
-        papermill.execute_notebook(str(source), str(target), parameters=parameters, kernel_name="python3",
-                                   progress_bar=False, stdout_file=sys.stdout, stderr_file=sys.stderr,
-                                   cwd=str(source.parent), config=_kernel_config())
+        with tempfile.TemporaryDirectory(prefix="kdlab-kernel-", ignore_cleanup_errors=True) as socket_dir:
+            papermill.execute_notebook(str(source), str(target), parameters=parameters, kernel_name="python3",
+                                       progress_bar=False, stdout_file=sys.stdout, stderr_file=sys.stderr,
+                                       cwd=str(source.parent), config=_kernel_config(Path(socket_dir)))
     except PapermillExecutionError as err:
         detail = f"cell {err.exec_count}: {err.ename}: {str(err.evalue).splitlines()[0] if err.evalue else ''}"
         return Outcome(notebook, "failed", time.perf_counter() - tic, f"{detail} (executed copy: {target})")

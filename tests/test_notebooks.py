@@ -85,3 +85,18 @@ def test_a_failing_notebook_stops_its_branch_only(tmp_path, monkeypatch, capsys)
     assert any(o.get("ename") == "ValueError" for c in executed.cells for o in c.get("outputs", []))
     assert json.loads(nbformat.read(tmp_path / "runs" / "quick" / "notebooks" / "c.ipynb", as_version=4)
                       .cells[-1].outputs[0]["text"]) == {"independent": True}
+
+
+def test_a_running_kernel_leaves_no_files_in_the_notebook_folder(tmp_path, monkeypatch, capsys):
+    """The kernel lists its working directory (the notebook's folder) while it runs: its sockets are
+    elsewhere, so a concurrent `git status` or JupyterLab file browser sees only the notebooks."""
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    _notebook(notebooks / "a.ipynb", "import json, os\nprint(json.dumps(sorted(os.listdir('.'))))")
+    monkeypatch.setattr(figures, "notebook_dir", lambda: notebooks)
+    monkeypatch.setattr(figures, "DEPENDENCIES", {"a": []})
+    code = figures.main(["--profile", "quick", "--runs-root", str(tmp_path / "runs"),
+                         "--figures-dir", str(tmp_path / "figs")])
+    assert code == 0, capsys.readouterr().out
+    executed = nbformat.read(tmp_path / "runs" / "quick" / "notebooks" / "a.ipynb", as_version=4)
+    assert json.loads(executed.cells[-1].outputs[0]["text"]) == ["a.ipynb"]
