@@ -816,6 +816,29 @@ def test_the_batched_critic_objective_equals_three_separate_critic_calls(gen):
         torch.testing.assert_close(b, s, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("size", [(4, 4), (5, 7)])
+def test_the_matmul_convolution_is_conv2d_up_to_second_derivatives(gen, size):
+    """The discriminator's unfold + matrix-product layer: the same outputs, and the same gradients of a
+    gradient-penalty-like loss (a function of the input gradient) w.r.t. weight, bias and input."""
+    from kdlab.losses.skd_holistic import MatmulConv2d
+
+    conv = torch.nn.Conv2d(6, 5, kernel_size=3, stride=2, padding=1).double()
+    matmul = MatmulConv2d(6, 5, kernel_size=3, stride=2, padding=1).double()
+    matmul.load_state_dict(conv.state_dict())  # the same parameter names: checkpoints load either way
+    x = randn(gen, 2, 6, *size)
+
+    def penalty_and_grads(layer):
+        inp = x.clone().requires_grad_(True)
+        out = layer(inp)
+        (grad_in,) = torch.autograd.grad(out.pow(2).sum(), inp, create_graph=True)
+        penalty = (grad_in.flatten(1).norm(dim=1) - 1).pow(2).mean()
+        return [out.detach(), *torch.autograd.grad(penalty, [layer.weight, layer.bias, inp])]
+
+    for m, c in zip(penalty_and_grads(matmul), penalty_and_grads(conv)):
+        assert m.shape == c.shape
+        torch.testing.assert_close(m, c, rtol=1e-10, atol=1e-12)
+
+
 # ---------------------------------------------------------------------------------------------
 # Common contract (METHODS.md section 7), over every student/teacher term
 # ---------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -31,6 +32,29 @@ class SelfAttention(nn.Module):
         return x + self.gamma * (v @ attention.transpose(1, 2)).view_as(x)
 
 
+class MatmulConv2d(nn.Conv2d):
+    """The same convolution (same parameters, values within float rounding) as an unfold and one
+    matrix product. For a wide layer on a small map, autograd's double backward of a matrix product
+    (the gradient penalty's) is cheaper than that of a convolution: on CPU the critic step took
+    about a fifth less time with the discriminator's widest layer (256 → 512 channels, 2 × 2 output
+    at the default size) in this form (README: Cost of each method)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.groups != 1 or self.padding_mode != "zeros":
+            raise ValueError("MatmulConv2d supports groups=1 and zero padding only")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        columns = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # N×(C·k·k)×L
+        out = F.linear(columns.transpose(1, 2), self.weight.flatten(1), self.bias)  # N×L×out_channels
+        h, w = (self._output_size(x.shape[-2 + i], i) for i in range(2))
+        return out.transpose(1, 2).reshape(x.shape[0], self.out_channels, h, w)
+
+    def _output_size(self, size: int, i: int) -> int:
+        span = self.dilation[i] * (self.kernel_size[i] - 1) + 1
+        return (size + 2 * self.padding[i] - span) // self.stride[i] + 1
+
+
 class Discriminator(nn.Module):
     """D(Q|I): the segmentation map concatenated with the RGB image; five convolutions with two
     self-attention blocks between the last three; one score per image (the mean of the last map).
@@ -44,13 +68,13 @@ class Discriminator(nn.Module):
     def __init__(self, num_classes: int, width: int = 64):
         super().__init__()
 
-        def conv(cin, cout, stride):
+        def conv(cin, cout, stride, kind=nn.Conv2d):
             return nn.Sequential(nn.utils.parametrizations.spectral_norm(
-                nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1)), nn.LeakyReLU(0.2))
+                kind(cin, cout, kernel_size=3, stride=stride, padding=1)), nn.LeakyReLU(0.2))
 
         self.net = nn.Sequential(
             conv(num_classes + 3, width, 2), conv(width, width * 2, 2), conv(width * 2, width * 4, 2),
-            SelfAttention(width * 4), conv(width * 4, width * 8, 2), SelfAttention(width * 8),
+            SelfAttention(width * 4), conv(width * 4, width * 8, 2, MatmulConv2d), SelfAttention(width * 8),
             nn.Conv2d(width * 8, 1, kernel_size=3, padding=1),
         )
 
