@@ -2,7 +2,8 @@
 # Issue 15's convergence study on the embedded benchmark: learning curves of the default student at three
 # learning rates (2400 iterations) and at 4800 and 9600, of the teacher (4000 and 8000), and of the METHODS.md section 0
 # student (PSPNet-R18, encoder_depth 5, output stride 8), then the figure and table
-# (python -m kdlab.plots.learning_curves).
+# (python -m kdlab.plots.learning_curves); last, PPD's DeepLabV3+ student at 9600 iterations, in its own
+# figure and table (FIGURES_DIR/deeplabv3plus).
 #   bash scripts/convergence.sh [RUNS_DIR] [FIGURES_DIR]     (default: runs/convergence, figures/convergence)
 # Runs are resumed where an earlier call stopped; finished runs are kept. About 4.5 h on 2 quiet CPU cores.
 set -euo pipefail
@@ -36,3 +37,7 @@ run teacher-curve-8000 configs/teacher.yaml train.iterations=8000 train.eval_int
 ${PYTHON:-.venv/bin/python} -m kdlab.plots.learning_curves "$FIGURES" "$OUT"/curve-lr0.01 "$OUT"/curve-lr0.02 \
   "$OUT"/curve-lr0.005 "$OUT"/curve-lr0.01-4800 "$OUT"/teacher-curve "$OUT"/curve-d8-lr0.01 \
   "$OUT"/curve-lr0.01-9600 "$OUT"/teacher-curve-8000
+# PPD's rows train configs/student_deeplabv3plus.yaml on the same schedule as the PSPNet student: does it plateau too?
+run curve-dlv3p-lr0.01-9600 configs/student_deeplabv3plus.yaml train.iterations=9600 train.eval_interval=800 \
+  train.checkpoint_interval=400
+${PYTHON:-.venv/bin/python} -m kdlab.plots.learning_curves "$FIGURES/deeplabv3plus" "$OUT"/curve-dlv3p-lr0.01-9600

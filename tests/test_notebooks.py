@@ -19,7 +19,7 @@ EXPECTED_FIGURES = {
                       "skd_discriminator_scores"],
     "07_ablations": ["ablation_bpkd_edge_width", "ablation_bpkd_loss_weights"],
     "08_explorer": ["explorer_snapshot"],
-    "10_bench": ["bench"],
+    "10_bench": ["bench/bench"],  # beside the bench tables
 }
 EXPECTED_TABLES = {
     "01_train": ["training_summary"],
