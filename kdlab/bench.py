@@ -19,6 +19,9 @@ peak of ``torch.cuda.max_memory_allocated`` on CUDA.
 Input pipeline: images/s of the student baseline's training loader (decoding, augmentation,
 collation; no model), when the configured dataset is at hand.
 
+With ``train.compile`` set (``kdlab bench ... train.compile=inductor``), every student's encoder and
+decoder is compiled (`SegModel.compile_for`); compilation happens in the warm-up rounds.
+
 Weights are random: speed and memory do not depend on them. Sizes: ``sizes`` (a list of
 ``(height, width)``), by default the configured crop on CPU, and 512×512 and 512×1024 on CUDA.
 """
@@ -87,6 +90,8 @@ class _Row:
             else:
                 objective = DistillObjective(teacher, student, load_recipe(kind), NUM_CLASSES, cfg.train.iterations)
             objective = objective.to(device)
+            if cfg.train.compile:  # compiled in the warm-up rounds
+                student.compile_for(objective.student_taps, cfg.train.compile)
             optimizer, _ = build_optimizer(trainable_parameters(student, objective), cfg)
             self.runs.append((student, objective, optimizer, _scaler(cfg, device)))
 
@@ -275,7 +280,7 @@ def run_benchmarks(cfg: RunConfig, recipes: list[str] | None = None, rounds: int
                 "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "machine": (torch.cuda.get_device_name(device) if device.type == "cuda"
                             else f"{platform.processor() or platform.machine()}, {platform.node()}"),
-                "torch": torch.__version__}
+                "torch": torch.__version__, "compile": cfg.train.compile}
     records, tables = [], []
     for size in sizes:
         if progress:
@@ -292,10 +297,11 @@ def run_benchmarks(cfg: RunConfig, recipes: list[str] | None = None, rounds: int
                       f"peak {rec['peak_mib']:7.0f} MiB", flush=True)
         records += size_records
         pipeline = f", input pipeline {images_per_s:.0f} images/s" if images_per_s else ""
+        compiled = f", student compiled ({cfg.train.compile})" if cfg.train.compile else ""
         tables.append(markdown_table(size_records, (
             f"{size[0]}×{size[1]}: student {cfg.model.arch}/{cfg.model.encoder}, teacher "
             f"{teacher_spec['arch']}/{teacher_spec['encoder']}, batch {cfg.train.batch_size}, {run_info['device']}, "
-            f"threads {run_info['threads']}, medians of {rounds} interleaved rounds after {warmup} warm-up, "
+            f"threads {run_info['threads']}{compiled}, medians of {rounds} interleaved rounds after {warmup} warm-up, "
             f"{run_info['date']}, {run_info['machine']}{pipeline}")))
     atomic_write_text(out, "\n".join(tables))
     json_path = Path(json_path) if json_path else Path(out).with_suffix(".json")

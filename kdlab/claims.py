@@ -5,8 +5,10 @@ direction and [method, reference] arms of recipe labels). For each arm pair, `cl
 runs of the first group holding both labels (the comparison, then the ablation groups: one group is
 one schedule, so seed s of both arms saw one data stream), leaves out runs that diverged or
 collapsed (`kdlab.pipeline.run_status`, counted), pairs the seeds and tests the paired difference
-(`kdlab.stats`). Scores are in percent, as the papers print them. `write_claims_table` trains what is
-missing (cached runs otherwise) and writes ``claims.md`` / ``claims.csv``.
+(`kdlab.stats`). Scores are in percent, as the papers print them. A row whose group's baseline is
+not `MIN_TEACHER_GAP` points (or the claims file's ``min_teacher_gap``) below the teacher (issue 15)
+reads `TEACHER_TOO_CLOSE`: that pair cannot test a distillation claim. `write_claims_table` trains
+what is missing (cached runs otherwise) and writes ``claims.md`` / ``claims.csv``.
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ from kdlab import stats
 from kdlab.config import read_yaml
 from kdlab.errors import ConfigError
 from kdlab.paths import project_root
-from kdlab.pipeline import OK, Profile, ensure_ablations, ensure_comparison, read_results, result_value, run_status
+from kdlab.pipeline import (OK, Profile, ensure_ablations, ensure_comparison, ensure_teacher, read_results,
+                            result_value, run_status)
 
 NOT_RUN = "not run in this profile"
 NOT_MEASURED = "not measured in these runs"
+TEACHER_TOO_CLOSE = "teacher too close"
+MIN_TEACHER_GAP = 8.0  # mIoU points the teacher must score above the converged baseline (issue 15)
 _KEYS = {"id", "paper", "table", "text", "paper_numbers", "metric", "direction", "arms", "note"}
 _REQUIRED = _KEYS - {"note"}
 
@@ -42,6 +47,7 @@ class Claim:
     direction: str
     arms: tuple[tuple[str, str], ...]
     note: str = ""
+    min_teacher_gap: float = MIN_TEACHER_GAP
 
 
 def claims_path() -> Path:
@@ -49,11 +55,16 @@ def claims_path() -> Path:
 
 
 def load_claims(path: str | Path | None = None) -> list[Claim]:
-    """The claims of ``path`` (default ``configs/claims.yaml``), checked."""
+    """The claims of ``path`` (default ``configs/claims.yaml``), checked; each carries the file's
+    ``min_teacher_gap`` (default `MIN_TEACHER_GAP`)."""
     path = Path(path or claims_path())
-    entries = read_yaml(path).get("claims")
+    tree = read_yaml(path)
+    entries = tree.get("claims")
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{path}: needs a non-empty 'claims' list")
+    min_gap = tree.get("min_teacher_gap", MIN_TEACHER_GAP)
+    if isinstance(min_gap, bool) or not isinstance(min_gap, (int, float)):
+        raise ConfigError(f"{path}: min_teacher_gap must be a number of mIoU points, got {min_gap!r}")
     claims, ids = [], set()
     for index, entry in enumerate(entries):
         where = f"{path}: claims[{index}]"
@@ -72,7 +83,7 @@ def load_claims(path: str | Path | None = None) -> list[Claim]:
         claims.append(Claim(id=entry["id"], paper=entry["paper"], table=entry["table"], text=entry["text"],
                             paper_numbers=str(entry["paper_numbers"]), metrics=tuple(metrics),
                             direction=entry["direction"], arms=tuple((str(m), str(r)) for m, r in arms),
-                            note=entry.get("note", "")))
+                            note=entry.get("note", ""), min_teacher_gap=float(min_gap)))
     return claims
 
 
@@ -133,12 +144,35 @@ def arm_verdict(method: Arm, reference: Arm, delta: stats.PairedDelta, direction
     return stats.verdict(delta, direction)
 
 
-def claim_rows(claims: Sequence[Claim], groups: Mapping[str, Runs]) -> list[dict]:
+def teacher_score(teacher: Path | None) -> float:
+    """The teacher run's final mIoU in percent; NaN without a teacher."""
+    return math.nan if teacher is None else 100.0 * result_value(read_results(teacher), "mIoU")
+
+
+def teacher_gap(teacher: float, runs: Runs) -> float:
+    """Teacher mIoU minus the mean mIoU of the group's clean ``baseline`` runs (points); NaN where
+    either is missing."""
+    baseline = arm_scores(runs, "baseline", "mIoU").clean
+    return teacher - statistics.fmean(baseline) if baseline else math.nan
+
+
+def gated_verdict(paired: str, gap: float, min_gap: float) -> str:
+    """`TEACHER_TOO_CLOSE` in place of a statistical verdict (supported, contradicted, inconclusive)
+    where the teacher is less than ``min_gap`` points above the baseline; else ``paired`` (also where
+    the gap is NaN: not measured). Diverged and not-measured rows keep their verdict: they state no
+    test of the claim to begin with, and say what failed in the runs themselves."""
+    statistical = paired in (stats.SUPPORTED, stats.CONTRADICTED, stats.INCONCLUSIVE)
+    return TEACHER_TOO_CLOSE if statistical and gap < min_gap else paired
+
+
+def claim_rows(claims: Sequence[Claim], groups: Mapping[str, Runs], teacher: Path | None = None) -> list[dict]:
     """One row per claim, arm pair and metric: the paper's numbers, each arm's mean ± std over its
     clean seeds (percent), the paired Δ (method − reference) with its 95 % interval, the pairs, the
-    runs that diverged or collapsed, and the verdict; "not run in this profile" where no group holds
-    both arms."""
-    rows = []
+    runs that diverged or collapsed, teacher − baseline (`teacher_gap`, mIoU points, empty without
+    a ``teacher`` run) and the verdict (`gated_verdict`: "teacher too close" where that gap is
+    below the claim's ``min_teacher_gap``), with the statistical one (`arm_verdict`) kept as
+    "paired verdict"; "not run in this profile" where no group holds both arms."""
+    rows, teacher_miou = [], teacher_score(teacher)
     for claim in claims:
         for method, reference in claim.arms:
             for metric in claim.metrics:
@@ -148,17 +182,22 @@ def claim_rows(claims: Sequence[Claim], groups: Mapping[str, Runs]) -> list[dict
                 found = find_group(groups, [method, reference])
                 if found is None:
                     rows.append({**row, "runs": "", "method score": "", "reference score": "", "Δ": "",
-                                 "CI95 low": "", "CI95 high": "", "pairs": 0,
-                                 "diverged/collapsed": "", "verdict": NOT_RUN, "note": claim.note})
+                                 "CI95 low": "", "CI95 high": "", "pairs": 0, "diverged/collapsed": "",
+                                 "teacher − baseline": "", "verdict": NOT_RUN, "paired verdict": "",
+                                 "note": claim.note})
                     continue
                 group, runs = found
                 mine, theirs = arm_scores(runs, method, metric), arm_scores(runs, reference, metric)
                 delta = stats.paired_delta(mine.scores, theirs.scores)
+                paired = arm_verdict(mine, theirs, delta, claim.direction)
+                gap = teacher_gap(teacher_miou, runs)
                 rows.append({**row, "runs": group, "method score": _mean_std(mine.clean),
                              "reference score": _mean_std(theirs.clean), "Δ": delta.mean,
                              "CI95 low": delta.ci.low, "CI95 high": delta.ci.high, "pairs": delta.ci.n,
                              "diverged/collapsed": f"{mine.diverged}/{mine.collapsed} vs {theirs.diverged}/{theirs.collapsed}",
-                             "verdict": arm_verdict(mine, theirs, delta, claim.direction), "note": claim.note})
+                             "teacher − baseline": gap if math.isfinite(gap) else "",
+                             "verdict": gated_verdict(paired, gap, claim.min_teacher_gap), "paired verdict": paired,
+                             "note": claim.note})
     return rows
 
 
@@ -170,11 +209,12 @@ def profile_groups(profile: Profile, progress: bool = True) -> dict[str, dict[tu
 
 def write_claims_table(profile: Profile, claims: Sequence[Claim] | None = None,
                        progress: bool = True) -> tuple[list[dict], Path]:
-    """`claim_rows` of the profile's runs, written as ``claims.csv`` and ``claims.md`` in its figures
-    directory; returns the rows and the Markdown file."""
+    """`claim_rows` of the profile's runs against its teacher, written as ``claims.csv`` and
+    ``claims.md`` in its figures directory; returns the rows and the Markdown file."""
     from kdlab.plots import write_table
 
-    rows = claim_rows(load_claims() if claims is None else claims, profile_groups(profile, progress))
+    groups = profile_groups(profile, progress)
+    rows = claim_rows(load_claims() if claims is None else claims, groups, ensure_teacher(profile, progress))
     _csv, markdown = write_table(rows, "claims", profile.figures_dir, float_fmt=".2f")
     return rows, markdown
 

@@ -41,7 +41,7 @@ def _config(args) -> RunConfig:
 
 
 # What a resumed run may change: where it computes, not what it computes.
-RESUMABLE_KEYS = ("train.device", "train.threads", "data.num_workers")
+RESUMABLE_KEYS = ("train.device", "train.threads", "train.compile", "data.num_workers")
 
 
 def _resumed_config(args) -> RunConfig:

@@ -58,6 +58,7 @@ class TrainConfig:
     eval_interval: int = 500  # iterations between validation runs (0 = only at the end)
     checkpoint_interval: int = 500  # iterations between checkpoints (the last one is always written)
     threads: int | None = None  # torch CPU threads; None = torch's default
+    compile: str | None = None  # torch.compile backend for the student's encoder and decoder ("inductor"; "aot_eager" to debug); None = eager (README: Cost)
 
 
 @dataclass
@@ -180,6 +181,12 @@ def _side_or_pair(value) -> bool:
     return value > 0
 
 
+def _is_compile_backend(value) -> bool:
+    import torch._dynamo  # slow to import: only when a backend is named
+
+    return value in torch._dynamo.list_backends(exclude_tags=())
+
+
 def _long_short(value) -> bool:
     return len(value) == 2 and min(value) > 0
 
@@ -208,6 +215,7 @@ VALUE_RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.eval_interval": (_at_least(0), "0 (only at the end) or a positive number of steps"),
     "train.checkpoint_interval": (_positive, "a positive number of steps"),
     "train.threads": (_positive, "a positive number of threads, or null"),
+    "train.compile": (_is_compile_backend, "a torch.compile backend such as 'inductor' or 'aot_eager', or null (eager)"),
     "eval.mode": (lambda v: v in ("whole", "slide"), "'whole' or 'slide'"),
     "eval.window": (_side_or_pair, "a positive side in pixels or a [height, width] pair of them"),
     "eval.stride": (_side_or_pair, "a positive step in pixels or a [height, width] pair of them"),

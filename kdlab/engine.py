@@ -542,6 +542,8 @@ def _setup_trainee(cfg: RunConfig, model: SegModel, shared, objective_factory: O
     if ddp.is_distributed() and cfg.train.sync_bn and hasattr(objective, "methods"):
         ddp.convert_sync_batchnorm(objective.methods)  # trainable parts (BCD's relation BN); the teacher is frozen
     objective = objective.to(device)
+    if cfg.train.compile:
+        model.compile_for(objective.student_taps, cfg.train.compile)
     main = ddp.is_main()
     run = prepare_run_dir(cfg, resume) if main else RunDir(cfg.run_dir)  # rank 0 owns the run directory
     ddp.barrier()

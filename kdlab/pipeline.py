@@ -167,8 +167,8 @@ def _recipe_text(cfg: RunConfig) -> str:
     return recipe_path(cfg.distill.recipe).read_text() if cfg.distill.recipe else ""
 
 
-# Where a run lives, where its teacher lives and what it ran on do not change what it is.
-_LOCATION_KEYS = {"name": None, "out_dir": None, "train": ("device", "threads"), "data": ("num_workers",),
+# Where a run lives, where its teacher lives and what it ran on (and compiled with) do not change what it is.
+_LOCATION_KEYS = {"name": None, "out_dir": None, "train": ("device", "threads", "compile"), "data": ("num_workers",),
                   "distill": ("teacher",)}
 
 

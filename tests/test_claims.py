@@ -3,6 +3,8 @@ eval.jsonl and diverged.json files written into tmp run directories."""
 
 import json
 import math
+import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -148,14 +150,57 @@ def test_a_metric_the_runs_lack_is_not_measured_and_narrow_bands_are_read(tmp_pa
     assert row["Δ"] == pytest.approx(0.0) and row["verdict"] == "inconclusive"
 
 
+def test_a_teacher_too_close_to_its_groups_baseline_flags_statistical_verdicts_only(tmp_path):
+    """The comparison's baseline is far below the teacher; the ablation group's own student (PPD's
+    DeepLabV3+) is close to it: its rows read "teacher too close", their paired verdict kept."""
+    teacher, far_baseline, close_baseline = 0.65, [0.40, 0.50, 0.60], [0.60, 0.62, 0.64]
+    comparison = fake_group(tmp_path / "c", {"baseline": far_baseline, "up": [0.42, 0.53, 0.63]})
+    own_student = fake_group(tmp_path / "p", {"baseline": close_baseline, "p_up": [0.62, 0.65, 0.67],
+                                              "p_broken": [0.61, "diverged", "diverged"]})
+    groups = {"comparison": comparison, "ppd_table3": own_student}
+    rows = {row["method"]: row for row in claims.claim_rows(
+        [claim([("up", "baseline"), ("p_up", "baseline"), ("p_broken", "baseline"), ("x", "zzz")])],
+        groups, fake_run(tmp_path / "teacher", teacher))}
+    far, close, broken, not_run = rows["up"], rows["p_up"], rows["p_broken"], rows["x"]
+    assert far["teacher − baseline"] == pytest.approx(100 * (teacher - statistics.fmean(far_baseline)))
+    assert far["teacher − baseline"] >= claims.MIN_TEACHER_GAP
+    assert far["verdict"] == far["paired verdict"] == "supported"
+    assert close["teacher − baseline"] == pytest.approx(100 * (teacher - statistics.fmean(close_baseline)))
+    assert close["teacher − baseline"] < claims.MIN_TEACHER_GAP
+    assert (close["verdict"], close["paired verdict"]) == (claims.TEACHER_TOO_CLOSE, "supported")
+    assert broken["verdict"] == broken["paired verdict"] == "diverged"  # says what failed in the runs
+    assert (not_run["verdict"], not_run["teacher − baseline"], not_run["paired verdict"]) == (claims.NOT_RUN, "", "")
+    (no_teacher,) = claims.claim_rows([claim([("p_up", "baseline")])], groups)
+    assert no_teacher["teacher − baseline"] == "" and no_teacher["verdict"] == "supported"
+    (lenient,) = claims.claim_rows([replace(claim([("p_up", "baseline")]), min_teacher_gap=2.0)], groups,
+                                   tmp_path / "teacher")  # a claims file's min_teacher_gap: 2
+    assert lenient["verdict"] == "supported"
+
+
+def test_the_claims_file_may_set_the_minimum_teacher_gap(tmp_path):
+    entry = ("  - {id: a, paper: P, table: T, text: t, paper_numbers: n, metric: mIoU, direction: greater,"
+             " arms: [[x, baseline]]}\n")
+    path = tmp_path / "claims.yaml"
+    path.write_text("claims:\n" + entry)
+    assert claims.load_claims(path)[0].min_teacher_gap == claims.MIN_TEACHER_GAP == 8.0
+    path.write_text("min_teacher_gap: 2.5\nclaims:\n" + entry)
+    assert claims.load_claims(path)[0].min_teacher_gap == 2.5
+    path.write_text("min_teacher_gap: lots\nclaims:\n" + entry)
+    with pytest.raises(ConfigError, match="min_teacher_gap"):
+        claims.load_claims(path)
+
+
 def test_write_claims_table_writes_markdown_and_csv(tmp_path, monkeypatch):
-    runs = fake_group(tmp_path / "runs", {"baseline": [0.40, 0.50, 0.60], "kd": [0.42, 0.53, 0.63]})
+    baseline, teacher = [0.40, 0.50, 0.60], 0.80
+    runs = fake_group(tmp_path / "runs", {"baseline": baseline, "kd": [0.42, 0.53, 0.63]})
     monkeypatch.setattr(claims, "profile_groups", lambda profile, progress=True: {"comparison": runs})
+    monkeypatch.setattr(claims, "ensure_teacher", lambda profile, progress=True: fake_run(tmp_path / "t", teacher))
     profile = type("P", (), {"figures_dir": str(tmp_path / "figs")})()
     rows, markdown = claims.write_claims_table(profile)
     assert len(rows) == sum(len(c.arms) * len(c.metrics) for c in claims.load_claims())
     text = markdown.read_text()
     assert "| skd_t1_pi |" in text and "supported" in text and claims.NOT_RUN in text
+    assert f"| {100 * (teacher - statistics.fmean(baseline)):.2f} | supported | supported |" in text
     assert (tmp_path / "figs" / "claims.csv").read_text().startswith("id,paper,table,claim,metric,method")
     assert claims.verdict_counts(rows)["supported"] == 1
 

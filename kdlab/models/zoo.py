@@ -169,6 +169,14 @@ class SegModel(nn.Module):
         out.update({name: available[name] for name in taps if name != "logits"})
         return out
 
+    def compile_for(self, taps: Iterable[str], backend: str) -> None:
+        """Compile the encoder and decoder in place (``nn.Module.compile``: the state dict keeps its
+        keys, so checkpoints load with or without it). The decoder stays eager when ``taps`` hold
+        ``decoder_pre_relu``: that tap adds hooks on each call, which a compiled graph would not run."""
+        self.net.encoder.compile(backend=backend)
+        if "decoder_pre_relu" not in set(taps):
+            self.net.decoder.compile(backend=backend)
+
     @torch.no_grad()
     def _measure_tap_channels(self) -> dict[str, int]:
         """Channel count of every tap, read from one tiny forward pass in eval mode."""
