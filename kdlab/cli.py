@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from kdlab.config import PATH_KEYS, RunConfig, is_yaml_path, load_config, parse_override, with_overrides
+from kdlab.config import PATH_KEYS, RUNTIME_KEYS, RunConfig, is_yaml_path, load_config, parse_override, with_overrides
 from kdlab.errors import ConfigError, KdlabError
 
 
@@ -40,20 +40,16 @@ def _config(args) -> RunConfig:
     return load_config([_typed_config(p) for p in args.config or []], args.overrides)
 
 
-# What a resumed run may change: where it computes, not what it computes.
-RESUMABLE_KEYS = ("train.device", "train.threads", "train.compile", "data.num_workers")
-
-
 def _resumed_config(args) -> RunConfig:
     """The config of the run in ``--resume DIR``, continued in DIR itself, with only the overrides a
-    resumed run can honour (`RESUMABLE_KEYS`)."""
+    resumed run can honour (`RUNTIME_KEYS`)."""
     from kdlab.engine import run_config
 
-    refused = [text for text in args.overrides if parse_override(text)[0] not in RESUMABLE_KEYS]
+    refused = [text for text in args.overrides if parse_override(text)[0] not in RUNTIME_KEYS]
     if args.config or refused:
         given = " ".join([*(f"-c {p}" for p in args.config or []), *refused])
         raise ConfigError(f"--resume continues {args.resume} as it was configured and cannot honour {given}; "
-                          f"only {', '.join(RESUMABLE_KEYS)} may change (start a new run for the rest)")
+                          f"only {', '.join(RUNTIME_KEYS)} may change (start a new run for the rest)")
     cfg = run_config(_typed_path(args.resume))
     return with_overrides(cfg, args.overrides)
 

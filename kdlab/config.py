@@ -193,6 +193,10 @@ def _long_short(value) -> bool:
 
 WEIGHT_RULES = ("paper", "matched")
 
+# How a run computes, not what it computes: a resumed run may change these (`kdlab train --resume`),
+# and a finished run is reused whatever they were (`kdlab.pipeline.config_changes`).
+RUNTIME_KEYS = ("train.device", "train.threads", "train.compile", "data.num_workers")
+
 # key → (check, what it must be): every value is checked before any work starts.
 VALUE_RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.image_size": (_at_least(16), "at least 16 (pixels)"),

@@ -40,8 +40,8 @@ from tqdm import tqdm
 
 from kdlab import stats
 from kdlab.checkpoint import checkpoint_iteration
-from kdlab.config import (RunConfig, config_from_dict, config_to_dict, dump_config, flatten, load_config,
-                          named_yaml, read_yaml)
+from kdlab.config import (RUNTIME_KEYS, RunConfig, config_from_dict, config_to_dict, dump_config, flatten,
+                          load_config, named_yaml, read_yaml)
 from kdlab.distill import distill_objective, recipe_path
 from kdlab.engine import NonFiniteLoss, RunDir, cohort_key, dataset_root, supervised_objective, train_cohort
 from kdlab.errors import ConfigError
@@ -167,26 +167,14 @@ def _recipe_text(cfg: RunConfig) -> str:
     return recipe_path(cfg.distill.recipe).read_text() if cfg.distill.recipe else ""
 
 
-# Where a run lives, where its teacher lives and what it ran on (and compiled with) do not change what it is.
-_LOCATION_KEYS = {"name": None, "out_dir": None, "train": ("device", "threads", "compile"), "data": ("num_workers",),
-                  "distill": ("teacher",)}
-
-
-def _what_it_is(cfg: RunConfig) -> dict:
-    tree = config_to_dict(cfg)
-    for section, keys in _LOCATION_KEYS.items():
-        if keys is None:
-            tree.pop(section)
-        else:
-            for key in keys:
-                tree[section].pop(key)
-    return tree
+# Where a run lives, where its teacher lives and how it computes do not change what it is.
+_NOT_WHAT_IT_IS = ("name", "out_dir", "distill.teacher", *RUNTIME_KEYS)
 
 
 def config_changes(old: RunConfig, new: RunConfig) -> list[str]:
-    """The dotted keys whose values differ between two configs, location and device aside."""
-    a, b = flatten(_what_it_is(old)), flatten(_what_it_is(new))
-    return sorted(key for key in a.keys() | b.keys() if a.get(key) != b.get(key))
+    """The dotted keys whose values differ between two configs, location and `RUNTIME_KEYS` aside."""
+    a, b = flatten(config_to_dict(old)), flatten(config_to_dict(new))
+    return sorted(key for key in a.keys() | b.keys() if key not in _NOT_WHAT_IT_IS and a.get(key) != b.get(key))
 
 
 def run_state(cfg: RunConfig) -> str:
