@@ -17,13 +17,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pytorch_grad_cam import GradCAM, HiResCAM
-from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
 
 from kdlab.losses.functional import bpkd_edge_masks
 from kdlab.data import IGNORE_INDEX
 
-CAM_METHODS = {"hirescam": HiResCAM, "gradcam": GradCAM}
+CAM_METHODS = {"hirescam": "HiResCAM", "gradcam": "GradCAM"}  # grad-cam's classes, imported when used (~1 s)
 
 
 # ---------------------------------------------------------------- entropy (BPKD Fig. 1)
@@ -77,14 +75,17 @@ def class_activation_map(
     size); by default the model's own predicted region of the class (argmax == category).
     ``model`` must return one N×C×H×W tensor. The model's train/eval mode is restored.
     """
+    import pytorch_grad_cam
+
     if method not in CAM_METHODS:
         raise ValueError(f"method must be one of {sorted(CAM_METHODS)}, got {method!r}")
+    cam_class = getattr(pytorch_grad_cam, CAM_METHODS[method])
     images = images.to(next(model.parameters()).device)
     was_training = model.training
     try:
         model.eval()
         targets = _segmentation_targets(model, images, category, mask)
-        with CAM_METHODS[method](model=model, target_layers=[target_layer]) as cam, torch.enable_grad():
+        with cam_class(model=model, target_layers=[target_layer]) as cam, torch.enable_grad():
             maps = cam(input_tensor=images, targets=targets)
     finally:
         model.train(was_training)
@@ -92,8 +93,10 @@ def class_activation_map(
     return maps
 
 
-def _segmentation_targets(model, images, category, mask) -> list[SemanticSegmentationTarget]:
+def _segmentation_targets(model, images, category, mask) -> list:
     """One grad-cam target per image: the ``category`` logit summed over ``mask`` or the predicted region."""
+    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+
     with torch.no_grad():
         logits = model(images)
     if not isinstance(logits, torch.Tensor) or logits.dim() != 4:

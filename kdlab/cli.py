@@ -67,17 +67,14 @@ def cmd_data(args) -> None:
 
 
 def cmd_train(args) -> None:
+    cfg = _resumed_config(args) if args.resume else _config(args)  # bad input fails before torch is imported
     from kdlab.engine import train
 
-    cfg = _resumed_config(args) if args.resume else _config(args)
     run = train(cfg, resume=bool(args.resume), until=args.until)
     _print_results(run)
 
 
 def cmd_distill(args) -> None:
-    from kdlab.distill import distill_objective
-    from kdlab.engine import train
-
     if args.resume:
         cfg = _resumed_config(args)
         cfg.distill.recipe = _typed_path(str(Path(args.resume) / "recipe.yaml"))  # the recipe the run started with
@@ -87,6 +84,9 @@ def cmd_distill(args) -> None:
         if args.teacher:
             args.overrides.append(_typed_override(f"distill.teacher={args.teacher}"))
         cfg = _config(args)
+    from kdlab.distill import distill_objective
+    from kdlab.engine import train
+
     run = train(cfg, resume=bool(args.resume), until=args.until, objective_factory=distill_objective)
     _print_results(run)
 
@@ -94,11 +94,11 @@ def cmd_distill(args) -> None:
 def cmd_eval(args) -> None:
     """Scores as JSON (``--out``) and as mmseg's per-class table in percent, printed and written next
     to the JSON (``scores.json`` → ``scores.md``)."""
+    cfg = _config(args)
     from kdlab.engine import evaluate_checkpoint
     from kdlab.runtime import atomic_write_text
     from kdlab.tables import scores_table
 
-    cfg = _config(args)
     out = args.out and Path(_typed_path(args.out))
     scores = evaluate_checkpoint(_typed_path(args.checkpoint), cfg, out=out)
     table = scores_table(scores, scores.get("class_names"))
@@ -109,10 +109,11 @@ def cmd_eval(args) -> None:
 
 
 def cmd_bench(args) -> None:
+    cfg = _config(args)
     from kdlab.bench import run_benchmarks
 
     sizes = [tuple(int(v) for v in text.lower().split("x")) for text in args.size] if args.size else None
-    run_benchmarks(_config(args), recipes=args.recipes, rounds=args.rounds, warmup=args.warmup, out=args.out,
+    run_benchmarks(cfg, recipes=args.recipes, rounds=args.rounds, warmup=args.warmup, out=args.out,
                    json_path=args.json, sizes=sizes, memory=not args.no_memory, cohort=not args.no_cohort,
                    pipeline_batches=args.pipeline_batches)
 

@@ -17,7 +17,6 @@ from typing import Any
 import yaml
 
 from kdlab.errors import ConfigError
-from kdlab.models.zoo import ModelSpec
 from kdlab.paths import project_path
 
 
@@ -84,6 +83,18 @@ class DistillConfig:
     #                             set at the first step, so that the distillation terms start at match_ratio x CE
     match_ratio: float = 1.0  # weight_rule 'matched': the terms' start magnitude in units of the first batch's CE
     check_finite: bool = True  # stop with the term named when a loss term becomes NaN/inf
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a model; stored in checkpoints."""
+
+    arch: str = "DeepLabV3Plus"  # one of kdlab.models.ARCHITECTURES
+    encoder: str = "resnet18"  # any smp encoder name
+    encoder_weights: str | None = None  # None = random init; "imagenet" downloads weights (opt-in)
+    encoder_depth: int | None = None  # None = the architecture's default (PSPNet: 3, others: 5)
+    output_stride: int | None = None  # 8 or 16 dilates the encoder (papers' D8 models); None = default
+    extra: dict = field(default_factory=dict)  # further keyword arguments for the smp constructor
 
 
 @dataclass

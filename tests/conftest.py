@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 warnings.filterwarnings("ignore", category=UserWarning)
 if os.environ.get("PYTEST_XDIST_WORKER"):  # one of two test processes (`make test`): a core each, for them
@@ -29,13 +30,23 @@ def tiny_data_root(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def tiny_overrides(tiny_data_root, tmp_path):
-    """Overrides for a run that takes seconds: tiny data, a truncated student, a few iterations."""
-    return [f"data.root={tiny_data_root}", *TINY_DATA, f"out_dir={tmp_path / 'runs'}",
+def _tiny_overrides(data_root: Path, out_dir: Path) -> list[str]:
+    return [f"data.root={data_root}", *TINY_DATA, f"out_dir={out_dir}",
             "model.arch=PSPNet", "model.encoder=resnet18", "model.encoder_depth=3",
             "train.iterations=4", "train.batch_size=2", "train.eval_interval=0",
             "train.checkpoint_interval=2", "train.log_interval=1", "eval.batch_size=6"]
+
+
+@pytest.fixture
+def tiny_overrides(tiny_data_root, tmp_path):
+    """Overrides for a run that takes seconds: tiny data, a truncated student, a few iterations."""
+    return _tiny_overrides(tiny_data_root, tmp_path / "runs")
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides_in(tiny_data_root):
+    """`tiny_overrides` with runs in a directory of the caller's choice (for module-scoped fixtures)."""
+    return lambda out_dir: _tiny_overrides(tiny_data_root, out_dir)
 
 
 @pytest.fixture(scope="session")
@@ -52,11 +63,22 @@ def tiny_teacher(tiny_data_root, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def quick_runs(tmp_path_factory):
+def quick_runs(tmp_path_factory, worker_id):
     """The quick profile's runs, as 01_train trains them (two at a time), in a runs root of the session:
-    the notebook and browser tests share them. Returns (runs root, seconds it took)."""
-    workdir = tmp_path_factory.mktemp("quick")
-    runs = workdir / "runs"
+    the notebook and browser tests share them (only reading them, so both may run at once). Trained once
+    per session: under xdist the first test process to ask trains them and the other waits for them.
+    Returns (runs root, seconds it took to train them)."""
+    base = tmp_path_factory.getbasetemp()
+    workdir = (base if worker_id == "master" else base.parent) / "quick-runs"
+    runs, seconds = workdir / "runs", workdir / "train-seconds"
+    with FileLock(f"{workdir}.lock"):
+        if not seconds.exists():
+            seconds.parent.mkdir(exist_ok=True)
+            seconds.write_text(str(_train_quick_profile(workdir, runs)))
+    return runs, float(seconds.read_text())
+
+
+def _train_quick_profile(workdir: Path, runs: Path) -> float:
     tic = time.perf_counter()
     command = [sys.executable, "-m", "kdlab.figures", "--profile", "quick", "--only", "01_train", "--jobs", "2",
                "--runs-root", str(runs), "--figures-dir", str(workdir / "figures")]
@@ -65,4 +87,4 @@ def quick_runs(tmp_path_factory):
     done = subprocess.run(command, cwd=Path(__file__).resolve().parent.parent, env=env, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, f"training the quick profile failed:\n{(done.stdout + done.stderr)[-4000:]}"
-    return runs, time.perf_counter() - tic
+    return time.perf_counter() - tic

@@ -52,10 +52,16 @@ def test_data_preview_writes_a_png(tiny_overrides, tmp_path):
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_console_entry_point_exits_nonzero_on_bad_input():
-    result = subprocess.run([sys.executable, "-m", "kdlab.cli", "train", "train.iterations=many"],
+def test_console_entry_point_exits_nonzero_on_bad_input_before_importing_torch():
+    """A typo'd option costs a tenth of a second, not the 5-10 s of importing torch and the models."""
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "kdlab.cli", "train", "train.iterations=many"],
                             capture_output=True, text=True)
-    assert result.returncode == 2 and "train.iterations" in result.stderr
+    lines = result.stderr.splitlines()
+    imported = {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
+    assert result.returncode == 2
+    assert [line for line in lines if not line.startswith("import time:")] == [
+        "kdlab: error: train.iterations: expected int, got 'many'"]
+    assert "kdlab.config" in imported and "torch" not in imported
 
 
 def test_resume_continues_the_directory_it_is_given_and_refuses_what_it_cannot_honour(capsys, tiny_overrides,

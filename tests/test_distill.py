@@ -10,7 +10,7 @@ import torch
 from kdlab.checkpoint import save_checkpoint
 from kdlab.config import load_config
 from kdlab.distill import distill_objective, load_recipe, recipe_dir
-from kdlab.engine import NonFiniteLoss, build_data, train
+from kdlab.engine import NonFiniteLoss, build_data, train, train_cohort
 from kdlab.errors import CheckpointError, ConfigError
 from kdlab.models import build_model
 
@@ -27,16 +27,24 @@ def _fixed_batch_overrides(tiny_overrides, teacher, recipe, iterations):
                              "train.lr=0.01", "train.grad_clip=1.0", "data.num_train=4"]
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
-def test_each_recipe_trains_and_lowers_its_distillation_terms(recipe, tiny_overrides, tiny_teacher, tmp_path):
+@pytest.fixture(scope="module")
+def recipe_runs(tiny_overrides_in, tiny_teacher, tmp_path_factory):
+    """Every shipped recipe, 8 steps on four fixed images, trained as one cohort: one data stream and one
+    teacher pass per step, each run ending where it would alone (tests/test_cohort.py). recipe → outcome."""
     from kdlab.data import ensure_embedded
 
-    root = tmp_path / "four"
-    ensure_embedded(root, seed=1, image_size=64, num_train=4, num_val=2, progress=False)
-    overrides = _fixed_batch_overrides(tiny_overrides, tiny_teacher, recipe, 8) + [f"data.root={root}",
-                                                                                   "data.num_val=2"]
-    run = train(load_config(["configs/student.yaml"], overrides), objective_factory=distill_objective,
-                progress=False)
+    work = tmp_path_factory.mktemp("recipes")
+    ensure_embedded(work / "four", seed=1, image_size=64, num_train=4, num_val=2, progress=False)
+    base = tiny_overrides_in(work / "runs")
+    cfgs = [load_config(["configs/student.yaml"], _fixed_batch_overrides(base, tiny_teacher, recipe, 8)
+                        + [f"data.root={work / 'four'}", "data.num_val=2"]) for recipe in RECIPES]
+    return dict(zip(RECIPES, train_cohort(cfgs, objective_factory=distill_objective, progress=False)))
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_each_recipe_trains_and_lowers_its_distillation_terms(recipe, recipe_runs):
+    run = recipe_runs[recipe]
+    assert isinstance(run, Path), f"{recipe}: {run}"
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert len(log) == 8 and (run / "results.json").exists()
     assert (run / "recipe.yaml").read_text() == (recipe_dir() / f"{recipe}.yaml").read_text()

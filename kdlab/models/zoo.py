@@ -16,13 +16,13 @@ tensors a distiller may tap:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Iterable
 
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
+from kdlab.config import ModelSpec
 from kdlab.errors import ConfigError
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
@@ -38,18 +38,6 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
 
 # How each architecture spells "dilate the encoder to this output stride".
 _OUTPUT_STRIDE_ARG = {"DeepLabV3": "encoder_output_stride", "DeepLabV3Plus": "encoder_output_stride"}
-
-
-@dataclass
-class ModelSpec:
-    """Everything needed to rebuild a model; stored in checkpoints."""
-
-    arch: str = "DeepLabV3Plus"  # one of ARCHITECTURES
-    encoder: str = "resnet18"  # any smp encoder name
-    encoder_weights: str | None = None  # None = random init; "imagenet" downloads weights (opt-in)
-    encoder_depth: int | None = None  # None = the architecture's default (PSPNet: 3, others: 5)
-    output_stride: int | None = None  # 8 or 16 dilates the encoder (papers' D8 models); None = default
-    extra: dict = field(default_factory=dict)  # further keyword arguments for the smp constructor
 
 
 def _smp_kwargs(spec: ModelSpec, num_classes: int) -> dict:
