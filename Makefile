@@ -18,11 +18,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Two test processes of one thread each (tests/conftest.py), each running whole test files: on 2
-# cores that is 1.5x faster than one process on two threads. TEST_JOBS=0 runs them in this process.
+# cores that is 1.5x faster than one process on two threads. TEST_JOBS=0 runs them in this process. Files go
+# out in collection order, the longest first (tests/conftest.py), so that none runs alone at the end.
 TEST_JOBS ?= 2
 
 test: setup
-	$(PY) -m pytest -q $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadfile)
+	$(PY) -m pytest -q $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder)
 
 figures: setup
 	$(PY) -m kdlab.figures --profile $(PROFILE) $(ARGS)
