@@ -62,6 +62,11 @@ def test_unknown_model_options_are_named(spec, option):
         build_model(spec, 3)
 
 
+def test_a_mistyped_encoder_name_suggests_the_close_ones():
+    with pytest.raises(ConfigError, match=r"unknown encoder 'mobilenetv2' \(similar: \['mobilenet_v2'"):
+        build_model(dict(encoder="mobilenetv2"), 3)
+
+
 def test_unknown_tap_lists_available(image):
     model = build_model(SPECS[0], 3)
     with pytest.raises(ConfigError, match="available"):

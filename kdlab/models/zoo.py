@@ -16,6 +16,7 @@ tensors a distiller may tap:
 
 from __future__ import annotations
 
+import difflib
 from typing import Iterable
 
 import segmentation_models_pytorch as smp
@@ -58,7 +59,7 @@ def validate_spec(spec: ModelSpec) -> None:
         raise ConfigError(f"model.arch: unknown architecture {spec.arch!r}; choose from {sorted(ARCHITECTURES)}")
     known_encoders = smp.encoders.get_encoder_names()
     if spec.encoder not in known_encoders:
-        close = [n for n in known_encoders if spec.encoder.split("_")[0] in n][:8]
+        close = difflib.get_close_matches(spec.encoder, known_encoders, n=8, cutoff=0.6)
         raise ConfigError(f"model.encoder: unknown encoder {spec.encoder!r} (similar: {close})")
 
 
