@@ -3,7 +3,7 @@
 # learning rates (2400 iterations) and at 4800 and 9600, of the teacher (4000 and 8000), and of the METHODS.md section 0
 # student (PSPNet-R18, encoder_depth 5, output stride 8), then the figure and table
 # (python -m kdlab.plots.learning_curves); last, PPD's DeepLabV3+ student at 9600 iterations, in its own
-# figure and table (FIGURES_DIR/deeplabv3plus), and two smaller DeepLabV3+ students (FIGURES_DIR/deeplabv3plus_candidates).
+# figure and table (FIGURES_DIR/deeplabv3plus), and three smaller DeepLabV3+ students (FIGURES_DIR/deeplabv3plus_candidates*).
 #   bash scripts/convergence.sh [RUNS_DIR] [FIGURES_DIR]     (default: runs/convergence, figures/convergence)
 # Runs are resumed where an earlier call stopped; finished runs are kept. About 4.5 h on 2 quiet CPU cores for the
 # PSPNet curves, and about an hour more for each DeepLabV3+ student (on an AVX-512 VM; twice that on an AVX2 one).
@@ -50,3 +50,8 @@ run curve-dlv3p-mnv2-lr0.01-9600 configs/student_deeplabv3plus.yaml model.encode
   train.eval_interval=800 train.checkpoint_interval=400
 ${PYTHON:-.venv/bin/python} -m kdlab.plots.learning_curves "$FIGURES/deeplabv3plus_candidates" \
   "$OUT"/curve-dlv3p-d3-lr0.01-9600 "$OUT"/curve-dlv3p-mnv2-lr0.01-9600
+# A third: the cut encoder with a decoder of 64 channels instead of 256 (smp's decoder_channels).
+run curve-dlv3p-d3-dec64-lr0.01-9600 configs/student_deeplabv3plus.yaml model.encoder_depth=3 \
+  'model.extra={decoder_channels: 64}' train.iterations=9600 train.eval_interval=800 train.checkpoint_interval=400
+${PYTHON:-.venv/bin/python} -m kdlab.plots.learning_curves "$FIGURES/deeplabv3plus_candidates_dec64" \
+  "$OUT"/curve-dlv3p-d3-dec64-lr0.01-9600
